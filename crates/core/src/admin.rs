@@ -1,0 +1,360 @@
+//! Tenant and connection administration: validation, encryption of write-only secrets,
+//! optimistic-concurrency upserts, and retiring cached tokens when a connection changes.
+
+use std::sync::Arc;
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::{
+    cache::TokenCache,
+    clock::Clock,
+    connection::{ConnectionSettings, EndpointPolicy, Effective},
+    crypto::Envelope,
+    error::{Error, InvalidInput, Result},
+    ids::{ConnectionKey, TenantId},
+    store::{ConnectionRecord, Store, StoreError, TenantRecord},
+    vend::connection_aad,
+};
+
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 1000;
+
+/// A page request as the API takes it.
+#[derive(Clone, Debug, Default)]
+pub struct PageRequest {
+    pub page_size: i32,
+    pub page_token: String,
+}
+
+impl PageRequest {
+    /// (limit, the last key of the previous page).
+    fn parse(&self) -> Result<(u32, Option<String>), InvalidInput> {
+        let size = match self.page_size {
+            n if n < 0 => return Err(InvalidInput::new("page_size", "must not be negative")),
+            0 => DEFAULT_PAGE,
+            n => (n as u32).min(MAX_PAGE),
+        };
+        let after = if self.page_token.is_empty() {
+            None
+        } else {
+            let bad = || InvalidInput::new("page_token", "is not a token from a previous page");
+            let bytes = URL_SAFE_NO_PAD.decode(&self.page_token).map_err(|_| bad())?;
+            let s = String::from_utf8(bytes).map_err(|_| bad())?;
+            Some(s.strip_prefix("v1:").ok_or_else(bad)?.to_owned())
+        };
+        Ok((size, after))
+    }
+}
+
+fn next_page_token(last: Option<&str>, full: bool) -> String {
+    match last {
+        Some(k) if full => URL_SAFE_NO_PAD.encode(format!("v1:{k}")),
+        _ => String::new(),
+    }
+}
+
+/// What `PutConnection` asks for. Empty secrets keep the stored ones.
+pub struct PutConnection {
+    pub key: ConnectionKey,
+    pub settings: ConnectionSettings,
+    pub client_secret: Option<SecretString>,
+    pub api_key: Option<SecretString>,
+}
+
+/// A connection as administrators see it: never a secret, only which kind is stored and a
+/// fingerprint to tell two secrets apart.
+#[derive(Clone, Debug)]
+pub struct ConnectionView {
+    pub record: ConnectionRecord,
+    pub settings: ConnectionSettings,
+    pub effective: Effective,
+    pub credential_kind: &'static str,
+}
+
+pub struct Admin {
+    store: Arc<dyn Store>,
+    envelope: Arc<Envelope>,
+    cache: Arc<TokenCache>,
+    clock: Arc<dyn Clock>,
+    policy: EndpointPolicy,
+}
+
+impl Admin {
+    pub fn new(
+        store: Arc<dyn Store>,
+        envelope: Arc<Envelope>,
+        cache: Arc<TokenCache>,
+        clock: Arc<dyn Clock>,
+        policy: EndpointPolicy,
+    ) -> Self {
+        Self {
+            store,
+            envelope,
+            cache,
+            clock,
+            policy,
+        }
+    }
+
+    pub async fn create_tenant(&self, slug: TenantId, display_name: String) -> Result<TenantRecord> {
+        if display_name.chars().count() > 200 || display_name.chars().any(char::is_control) {
+            return Err(InvalidInput::new(
+                "display_name",
+                "must be at most 200 characters without control characters",
+            )
+            .into());
+        }
+        let record = TenantRecord {
+            id: Uuid::now_v7(),
+            slug,
+            display_name,
+            created_at: self.clock.now(),
+        };
+        match self.store.create_tenant(&record).await {
+            Ok(()) => Ok(record),
+            Err(StoreError::AlreadyExists) => Err(Error::TenantExists(record.slug.to_string())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn get_tenant(&self, slug: &TenantId) -> Result<TenantRecord> {
+        self.store
+            .get_tenant(slug)
+            .await?
+            .ok_or_else(|| Error::TenantNotFound(slug.to_string()))
+    }
+
+    pub async fn list_tenants(&self, page: &PageRequest) -> Result<(Vec<TenantRecord>, String)> {
+        let (limit, after) = page.parse()?;
+        let tenants = self.store.list_tenants(after.as_deref(), limit).await?;
+        let next = next_page_token(
+            tenants.last().map(|t| t.slug.as_str()),
+            tenants.len() == limit as usize,
+        );
+        Ok((tenants, next))
+    }
+
+    pub async fn delete_tenant(&self, slug: &TenantId) -> Result<()> {
+        let connections = self.all_connections(slug).await?;
+        if !self.store.delete_tenant(slug).await? {
+            return Err(Error::TenantNotFound(slug.to_string()));
+        }
+        for c in connections {
+            self.cache.retire_connection(&ConnectionKey {
+                tenant: c.tenant,
+                provider: c.provider,
+            });
+        }
+        Ok(())
+    }
+
+    async fn all_connections(&self, tenant: &TenantId) -> Result<Vec<ConnectionRecord>> {
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .list_connections(tenant, after.as_deref(), MAX_PAGE)
+                .await?;
+            let full = page.len() == MAX_PAGE as usize;
+            after = page.last().map(|c| c.provider.to_string());
+            all.extend(page);
+            if !full {
+                return Ok(all);
+            }
+        }
+    }
+
+    pub async fn put_connection(&self, put: PutConnection) -> Result<ConnectionView> {
+        let effective = put.settings.resolve(self.policy)?;
+        let new_secret = put.client_secret.filter(|s| !s.expose_secret().is_empty());
+        let new_api_key = put.api_key.filter(|s| !s.expose_secret().is_empty());
+        if new_secret.is_some() && new_api_key.is_some() {
+            return Err(InvalidInput::new(
+                "api_key",
+                "set either client_secret or api_key, not both",
+            )
+            .into());
+        }
+        for (field, value) in [("client_secret", &new_secret), ("api_key", &new_api_key)] {
+            if let Some(v) = value {
+                if v.expose_secret().len() > 4096 {
+                    return Err(InvalidInput::new(field, "must be at most 4096 bytes").into());
+                }
+            }
+        }
+
+        // Optimistic concurrency: re-read and retry when another writer got in between.
+        for _ in 0..5 {
+            let tenant = self
+                .store
+                .get_tenant(&put.key.tenant)
+                .await?
+                .ok_or_else(|| Error::TenantNotFound(put.key.tenant.to_string()))?;
+            let existing = self.store.get_connection(&put.key).await?;
+            let id = existing.as_ref().map(|c| c.id).unwrap_or_else(Uuid::now_v7);
+            let now = self.clock.now();
+
+            // One credential kind at a time: a new API key replaces a client secret and
+            // vice versa; an empty value keeps what is stored.
+            let (client_secret, api_key, fingerprint) = match (&new_secret, &new_api_key) {
+                (Some(s), None) => (
+                    Some(self.encrypt_secret(id, "client_secret", s).await?),
+                    None,
+                    fingerprint(id, s),
+                ),
+                (None, Some(k)) => (
+                    None,
+                    Some(self.encrypt_secret(id, "api_key", k).await?),
+                    fingerprint(id, k),
+                ),
+                _ => match &existing {
+                    Some(c) => (c.client_secret.clone(), c.api_key.clone(), c.secret_fingerprint.clone()),
+                    None => (None, None, String::new()),
+                },
+            };
+            if api_key.is_none() {
+                if effective.token_url.is_none() {
+                    return Err(InvalidInput::new(
+                        "token_url",
+                        format!(
+                            "is required for template {:?} (or set api_key for a static key)",
+                            crate::catalog::find(&put.settings.template)?.name
+                        ),
+                    )
+                    .into());
+                }
+                if effective.client_id.is_empty() {
+                    return Err(InvalidInput::new("client_id", "is required").into());
+                }
+            }
+
+            let record = ConnectionRecord {
+                id,
+                tenant_id: tenant.id,
+                tenant: put.key.tenant.clone(),
+                provider: put.key.provider.clone(),
+                version: existing.as_ref().map(|c| c.version + 1).unwrap_or(1),
+                settings: serde_json::to_string(&put.settings)
+                    .map_err(|e| StoreError::Database(e.to_string()))?,
+                client_secret,
+                api_key,
+                secret_fingerprint: fingerprint,
+                created_at: existing.as_ref().map(|c| c.created_at).unwrap_or(now),
+                updated_at: now,
+            };
+            match self
+                .store
+                .put_connection(&record, existing.as_ref().map(|c| c.version))
+                .await
+            {
+                Ok(()) => {
+                    self.cache.retire_connection(&put.key);
+                    return Ok(view(record, put.settings, effective));
+                }
+                Err(StoreError::Conflict | StoreError::AlreadyExists) => continue,
+                Err(StoreError::MissingParent) => {
+                    return Err(Error::TenantNotFound(put.key.tenant.to_string()));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Database("connection kept changing concurrently; try again".into()).into())
+    }
+
+    async fn encrypt_secret(&self, id: Uuid, column: &'static str, s: &SecretString) -> Result<Vec<u8>> {
+        Ok(self
+            .envelope
+            .encrypt(connection_aad(id, column), s.expose_secret().as_bytes())
+            .await?)
+    }
+
+    pub async fn get_connection(&self, key: &ConnectionKey) -> Result<ConnectionView> {
+        let record = self.store.get_connection(key).await?;
+        match record {
+            Some(r) => self.to_view(r),
+            None => Err(self.not_found(key).await),
+        }
+    }
+
+    pub async fn list_connections(
+        &self,
+        tenant: &TenantId,
+        page: &PageRequest,
+    ) -> Result<(Vec<ConnectionView>, String)> {
+        let (limit, after) = page.parse()?;
+        if self.store.get_tenant(tenant).await?.is_none() {
+            return Err(Error::TenantNotFound(tenant.to_string()));
+        }
+        let records = self
+            .store
+            .list_connections(tenant, after.as_deref(), limit)
+            .await?;
+        let next = next_page_token(
+            records.last().map(|c| c.provider.as_str()),
+            records.len() == limit as usize,
+        );
+        let views = records
+            .into_iter()
+            .map(|r| self.to_view(r))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((views, next))
+    }
+
+    pub async fn delete_connection(&self, key: &ConnectionKey) -> Result<()> {
+        if !self.store.delete_connection(key).await? {
+            return Err(self.not_found(key).await);
+        }
+        self.cache.retire_connection(key);
+        Ok(())
+    }
+
+    async fn not_found(&self, key: &ConnectionKey) -> Error {
+        match self.store.get_tenant(&key.tenant).await {
+            Ok(None) => Error::TenantNotFound(key.tenant.to_string()),
+            Ok(Some(_)) => Error::ConnectionNotFound {
+                tenant: key.tenant.to_string(),
+                provider: key.provider.to_string(),
+            },
+            Err(e) => e.into(),
+        }
+    }
+
+    fn to_view(&self, record: ConnectionRecord) -> Result<ConnectionView> {
+        let settings: ConnectionSettings = serde_json::from_str(&record.settings)
+            .map_err(|e| StoreError::Database(format!("connection {} settings: {e}", record.id)))?;
+        // Stored settings were valid when written; show them even if the policy changed since.
+        let effective = settings
+            .resolve(EndpointPolicy { allow_insecure: true })
+            .map_err(|e| StoreError::Database(format!("connection {} settings: {e}", record.id)))?;
+        Ok(view(record, settings, effective))
+    }
+}
+
+fn view(record: ConnectionRecord, settings: ConnectionSettings, effective: Effective) -> ConnectionView {
+    let credential_kind = if record.api_key.is_some() {
+        "api_key"
+    } else if record.client_secret.is_some() {
+        "client_secret"
+    } else {
+        "none"
+    };
+    ConnectionView {
+        record,
+        settings,
+        effective,
+        credential_kind,
+    }
+}
+
+/// 64 bits of SHA-256 over (row id, secret): tells an operator whether the secret changed,
+/// without offering a hash of the bare secret to guess against.
+fn fingerprint(id: Uuid, secret: &SecretString) -> String {
+    let mut h = Sha256::new();
+    h.update(id.as_bytes());
+    h.update(secret.expose_secret().as_bytes());
+    h.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,170 @@
+//! The in-memory token cache: the hot path of `GetToken`.
+//!
+//! A hit is one sharded map read (a std read lock held for a hash lookup, never across an
+//! await) and an `Arc` clone. Connection changes must never be answered with a token fetched
+//! under the old settings, so each connection has an epoch: a fetch records the epoch when
+//! it starts and may only insert while it is unchanged; a change bumps the epoch and drops
+//! the connection's tokens, under the same lock, so no in-flight fetch can slip in between.
+
+use std::{sync::Arc, time::Duration};
+
+use dashmap::DashMap;
+use secrecy::SecretString;
+use time::OffsetDateTime;
+
+use crate::ids::{ConnectionKey, TokenKey};
+
+/// A token ready to hand out. Shared by every caller through an `Arc`.
+pub struct CachedToken {
+    pub access_token: SecretString,
+    /// `None` for a static API key, which never expires.
+    pub expires_at: Option<OffsetDateTime>,
+    pub scopes: Vec<String>,
+    /// The whole lifetime the provider granted when it issued this token: a caller asking
+    /// for a longer `min_ttl` cannot be satisfied by any fresh token either.
+    pub issued_lifetime: Option<Duration>,
+    /// Whether this token came from the provider during the fetch that produced it (as
+    /// opposed to the shared store), so "still too short" means "unsatisfiable".
+    pub fresh_from_provider: bool,
+}
+
+impl std::fmt::Debug for CachedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedToken")
+            .field("access_token", &"[redacted]")
+            .field("expires_at", &self.expires_at)
+            .field("scopes", &self.scopes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CachedToken {
+    /// True when the token stays valid for at least `min_ttl` after `now`.
+    pub fn valid_for(&self, now: OffsetDateTime, min_ttl: Duration) -> bool {
+        match self.expires_at {
+            None => true,
+            Some(exp) => exp - now >= min_ttl,
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct TokenCache {
+    tokens: DashMap<TokenKey, Arc<CachedToken>>,
+    epochs: DashMap<ConnectionKey, u64>,
+}
+
+impl TokenCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The hot path.
+    #[inline]
+    pub fn get(&self, key: &TokenKey) -> Option<Arc<CachedToken>> {
+        self.tokens.get(key).map(|e| e.value().clone())
+    }
+
+    /// The connection's current epoch; a fetch remembers it before reading settings.
+    pub fn epoch(&self, conn: &ConnectionKey) -> u64 {
+        self.epochs.get(conn).map(|e| *e).unwrap_or(0)
+    }
+
+    /// Inserts unless the connection changed since `epoch` was read. Returns whether it did.
+    pub fn insert_if_current(&self, key: TokenKey, token: Arc<CachedToken>, epoch: u64) -> bool {
+        let conn = key.connection();
+        let guard = self.epochs.entry(conn).or_insert(0);
+        if *guard != epoch {
+            return false;
+        }
+        self.tokens.insert(key, token);
+        drop(guard);
+        true
+    }
+
+    /// Drops the connection's tokens and fences off fetches that started before.
+    pub fn retire_connection(&self, conn: &ConnectionKey) {
+        let mut guard = self.epochs.entry(conn.clone()).or_insert(0);
+        *guard += 1;
+        self.tokens
+            .retain(|k, _| !(k.tenant == conn.tenant && k.provider == conn.provider));
+        drop(guard);
+    }
+
+    /// Drops one token (e.g. reported dead), unless it was already replaced.
+    pub fn remove_if(&self, key: &TokenKey, pred: impl FnOnce(&CachedToken) -> bool) -> bool {
+        self.tokens.remove_if(key, |_, v| pred(v)).is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+
+    use super::*;
+    use crate::{
+        clock::{Clock, ManualClock},
+        ids::{ProviderId, Subject, TenantId},
+    };
+
+    fn key(p: &str) -> TokenKey {
+        TokenKey {
+            tenant: TenantId::parse("acme").unwrap(),
+            provider: ProviderId::parse(p).unwrap(),
+            subject: Subject::client(),
+        }
+    }
+
+    fn token(exp: OffsetDateTime) -> Arc<CachedToken> {
+        Arc::new(CachedToken {
+            access_token: SecretString::from("t"),
+            expires_at: Some(exp),
+            scopes: vec![],
+            issued_lifetime: None,
+            fresh_from_provider: true,
+        })
+    }
+
+    #[test]
+    fn expiry_follows_the_injected_clock() {
+        let clock = ManualClock::new(datetime!(2026-01-01 0:00 UTC));
+        let cache = TokenCache::new();
+        let k = key("p");
+        let e = cache.epoch(&k.connection());
+        assert!(cache.insert_if_current(k.clone(), token(clock.now() + time::Duration::seconds(120)), e));
+        let min_ttl = Duration::from_secs(60);
+        assert!(cache.get(&k).unwrap().valid_for(clock.now(), min_ttl));
+        clock.advance(time::Duration::seconds(60));
+        assert!(cache.get(&k).unwrap().valid_for(clock.now(), min_ttl)); // exactly 60 s left
+        clock.advance(time::Duration::seconds(1));
+        assert!(!cache.get(&k).unwrap().valid_for(clock.now(), min_ttl));
+        assert!(cache.get(&k).unwrap().valid_for(clock.now(), Duration::ZERO));
+        clock.advance(time::Duration::seconds(60));
+        assert!(!cache.get(&k).unwrap().valid_for(clock.now(), Duration::ZERO));
+    }
+
+    #[test]
+    fn retire_fences_in_flight_inserts() {
+        let cache = TokenCache::new();
+        let (a, b) = (key("a"), key("b"));
+        let exp = datetime!(2030-01-01 0:00 UTC);
+        let ea = cache.epoch(&a.connection());
+        cache.insert_if_current(a.clone(), token(exp), ea);
+        cache.insert_if_current(b.clone(), token(exp), cache.epoch(&b.connection()));
+        cache.retire_connection(&a.connection());
+        assert!(cache.get(&a).is_none());
+        assert!(cache.get(&b).is_some(), "other connections keep their tokens");
+        // a fetch that read settings before the change cannot insert its token
+        assert!(!cache.insert_if_current(a.clone(), token(exp), ea));
+        assert!(cache.get(&a).is_none());
+        assert!(cache.insert_if_current(a.clone(), token(exp), cache.epoch(&a.connection())));
+    }
+}

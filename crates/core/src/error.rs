@@ -1,0 +1,86 @@
+//! The domain's errors. The server maps each variant to a gRPC status in one place
+//! (`server::status`); messages here are written for operators and never carry a secret.
+
+use std::{sync::Arc, time::Duration};
+
+use crate::{crypto::CryptoError, oauth::ProviderError, store::StoreError};
+
+/// Bad input from a caller: names the field so the operator knows what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct InvalidInput {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl InvalidInput {
+    pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    InvalidInput(#[from] InvalidInput),
+    #[error("tenant {0:?} not found")]
+    TenantNotFound(String),
+    #[error("connection {provider:?} of tenant {tenant:?} not found")]
+    ConnectionNotFound { tenant: String, provider: String },
+    #[error("tenant {0:?} already exists")]
+    TenantExists(String),
+    #[error("no authorization-code grant for subject {subject:?} on connection {provider:?} of tenant {tenant:?}")]
+    GrantNotFound {
+        tenant: String,
+        provider: String,
+        subject: String,
+    },
+    /// A stored connection no longer passes validation (e.g. the endpoint policy changed).
+    #[error("connection {provider:?} of tenant {tenant:?} is not usable: {reason}; fix it with PutConnection")]
+    ConnectionInvalid {
+        tenant: String,
+        provider: String,
+        reason: String,
+    },
+    /// The connection holds no credential that can obtain a token (e.g. no client secret).
+    #[error("connection {provider:?} of tenant {tenant:?} has no {missing}; set it with PutConnection")]
+    MissingCredential {
+        tenant: String,
+        provider: String,
+        missing: &'static str,
+    },
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    /// Even a token fetched just now would not live as long as the caller asked.
+    #[error(
+        "min_ttl_seconds={requested_secs} cannot be met: the provider issues tokens valid for {lifetime_secs} s"
+    )]
+    MinTtlUnsatisfiable {
+        requested_secs: i64,
+        lifetime_secs: i64,
+    },
+    #[error("gave up waiting for the token after {0:?}")]
+    DeadlineExceeded(Duration),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    /// An error shared by every caller of one single-flight fetch.
+    #[error(transparent)]
+    Shared(Arc<Error>),
+}
+
+impl Error {
+    /// Looks through `Shared` so callers can match on the real cause.
+    pub fn root(&self) -> &Error {
+        match self {
+            Error::Shared(inner) => inner.root(),
+            other => other,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,19 @@
+//! The tokenvend domain. No gRPC and no SQL here: the server maps the wire to these types,
+//! the store crate implements the [`store::Store`] port.
+//!
+//! Start reading at [`vend::Vendor::get_token`].
+
+pub mod admin;
+pub mod cache;
+pub mod catalog;
+pub mod clock;
+pub mod connection;
+pub mod crypto;
+pub mod error;
+pub mod flight;
+pub mod ids;
+pub mod oauth;
+pub mod store;
+pub mod vend;
+
+pub use error::{Error, InvalidInput, Result};

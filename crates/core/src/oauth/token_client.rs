@@ -1,0 +1,288 @@
+//! The outbound HTTP call to a token endpoint: one shared reqwest `Client` (connection
+//! pooling, rustls), no redirects (a redirect would carry credentials elsewhere), a body
+//! cap, and a DNS filter that keeps production from reaching internal addresses.
+
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+
+use base64::{Engine, engine::general_purpose::STANDARD};
+use reqwest::{
+    StatusCode,
+    dns::{Addrs, Name, Resolve, Resolving},
+    header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER},
+};
+use secrecy::{ExposeSecret, SecretString};
+use url::Url;
+
+use super::{ProviderError, TokenResponse, parse_token_response};
+use crate::connection::{ClientAuth, is_internal};
+
+/// Bodies larger than this are not token responses; reading stops there.
+const MAX_BODY: usize = 64 * 1024;
+
+#[derive(Clone, Debug)]
+pub struct TokenClientConfig {
+    /// Bound on one HTTP exchange with a provider.
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Development only: allow loopback/private addresses (see `EndpointPolicy`).
+    pub allow_insecure: bool,
+    /// Attempts for requests that may be repeated safely (client credentials).
+    pub max_attempts: u32,
+    /// First back-off between attempts; doubles each time, with jitter.
+    pub initial_backoff: Duration,
+}
+
+impl Default for TokenClientConfig {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(3),
+            allow_insecure: false,
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(200),
+        }
+    }
+}
+
+/// The grant being requested.
+pub enum Grant {
+    ClientCredentials,
+}
+
+impl Grant {
+    fn grant_type(&self) -> &'static str {
+        match self {
+            Grant::ClientCredentials => "client_credentials",
+        }
+    }
+
+    /// Only requests whose repetition cannot hurt are retried after an unknown outcome.
+    fn idempotent(&self) -> bool {
+        match self {
+            Grant::ClientCredentials => true,
+        }
+    }
+}
+
+pub struct ClientCredentials<'a> {
+    pub auth: ClientAuth,
+    pub client_id: &'a str,
+    pub client_secret: &'a SecretString,
+}
+
+pub struct TokenRequest<'a> {
+    pub token_url: &'a Url,
+    pub credentials: ClientCredentials<'a>,
+    pub grant: Grant,
+    pub scopes: &'a [String],
+    pub audience: &'a str,
+    pub extra_params: &'a BTreeMap<String, String>,
+    pub default_expires_in: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct TokenClient {
+    http: reqwest::Client,
+    config: TokenClientConfig,
+}
+
+/// `Authorization: Basic` per RFC 6749 §2.3.1: id and secret are form-urlencoded first,
+/// so a `:` or `&` in either survives (`id` + `s&ecret` → `Basic aWQ6cyUyNmVjcmV0`).
+pub fn basic_auth(client_id: &str, client_secret: &str) -> SecretString {
+    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let raw = zeroize::Zeroizing::new(format!("{}:{}", enc(client_id), enc(client_secret)));
+    SecretString::from(format!("Basic {}", STANDARD.encode(raw.as_bytes())))
+}
+
+impl TokenClient {
+    pub fn new(config: TokenClientConfig) -> Result<Self, reqwest::Error> {
+        let mut builder = reqwest::Client::builder()
+            .timeout(config.request_timeout)
+            .connect_timeout(config.connect_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("tokenvend/", env!("CARGO_PKG_VERSION")));
+        if !config.allow_insecure {
+            builder = builder.dns_resolver(PublicOnlyResolver);
+        }
+        Ok(Self {
+            http: builder.build()?,
+            config,
+        })
+    }
+
+    /// Requests a token, retrying transient failures of idempotent grants within the
+    /// retry budget (`max_attempts`, exponential back-off with jitter, `Retry-After`).
+    pub async fn fetch(&self, req: &TokenRequest<'_>) -> Result<TokenResponse, ProviderError> {
+        let mut backoff = self.config.initial_backoff;
+        let mut attempt = 1;
+        loop {
+            match self.fetch_once(req).await {
+                Err(e) if e.is_transient() && req.grant.idempotent() && attempt < self.config.max_attempts => {
+                    let wait = match &e {
+                        ProviderError::Unavailable { retry_after: Some(ra), .. } => *ra,
+                        _ => jitter(backoff),
+                    };
+                    // A Retry-After beyond the budget is not worth waiting for here.
+                    if wait > Duration::from_secs(5) {
+                        return Err(e);
+                    }
+                    tracing::debug!(attempt, error = %e, ?wait, "token request failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    backoff *= 2;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn fetch_once(&self, req: &TokenRequest<'_>) -> Result<TokenResponse, ProviderError> {
+        let mut form: Vec<(&str, &str)> = vec![("grant_type", req.grant.grant_type())];
+        let scope = req.scopes.join(" ");
+        if !scope.is_empty() {
+            form.push(("scope", &scope));
+        }
+        if !req.audience.is_empty() {
+            form.push(("audience", req.audience));
+        }
+        for (k, v) in req.extra_params {
+            form.push((k, v));
+        }
+        let secret = req.credentials.client_secret.expose_secret();
+        let mut builder = self
+            .http
+            .post(req.token_url.clone())
+            .header(ACCEPT, "application/json");
+        match req.credentials.auth {
+            ClientAuth::Post => {
+                form.push(("client_id", req.credentials.client_id));
+                form.push(("client_secret", secret));
+            }
+            ClientAuth::Basic | ClientAuth::Unspecified => {
+                let header = basic_auth(req.credentials.client_id, secret);
+                let mut value = reqwest::header::HeaderValue::from_str(header.expose_secret())
+                    .map_err(|_| ProviderError::BadResponse {
+                        reason: "client credentials cannot be sent in a header".into(),
+                    })?;
+                value.set_sensitive(true);
+                builder = builder.header(AUTHORIZATION, value);
+            }
+        }
+        let builder = builder.form(&form);
+
+        let mut resp = builder.send().await.map_err(|e| unavailable(&e, &self.config))?;
+        let status = resp.status();
+        let content_type = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let retry_after = resp
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| unavailable(&e, &self.config))? {
+            if body.len() + chunk.len() > MAX_BODY {
+                return Err(if status.is_success() {
+                    ProviderError::BadResponse {
+                        reason: format!("response body larger than {MAX_BODY} bytes"),
+                    }
+                } else {
+                    ProviderError::Unavailable {
+                        reason: format!("HTTP {} with an oversized body", status.as_u16()),
+                        retry_after,
+                    }
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+
+        let result = parse_token_response(
+            status.as_u16(),
+            content_type.as_deref(),
+            &body,
+            req.default_expires_in,
+            req.scopes,
+            &[secret],
+        );
+        match result {
+            Err(ProviderError::Unavailable { reason, .. })
+                if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() =>
+            {
+                Err(ProviderError::Unavailable { reason, retry_after })
+            }
+            other => other,
+        }
+    }
+}
+
+/// Describes a transport failure without the URL or any body (reqwest's Display includes
+/// the URL; ours carry no credentials, but the message should say what to do, not dump).
+fn unavailable(e: &reqwest::Error, config: &TokenClientConfig) -> ProviderError {
+    let reason = if e.is_timeout() {
+        format!("no answer within {:?}", config.request_timeout)
+    } else if e.is_connect() {
+        let refused = std::error::Error::source(e)
+            .map(|s| format!("{s:?}").contains("ConnectionRefused") || s.to_string().contains("refused"))
+            .unwrap_or(false);
+        if refused {
+            "connection refused".to_owned()
+        } else if format!("{e:?}").contains("internal address") {
+            "the token URL resolves to an internal address (refused; see TOKENVEND_ALLOW_INSECURE_ENDPOINTS)".to_owned()
+        } else {
+            "could not connect (DNS, TCP or TLS failure)".to_owned()
+        }
+    } else {
+        "the connection failed while exchanging the request".to_owned()
+    };
+    ProviderError::Unavailable {
+        reason,
+        retry_after: None,
+    }
+}
+
+/// ±25 % so retries of many replicas do not line up.
+fn jitter(d: Duration) -> Duration {
+    let factor = 0.75 + rand::random::<f64>() * 0.5;
+    d.mul_f64(factor)
+}
+
+/// Resolves names and drops loopback/private/link-local addresses, so a public host name
+/// pointed at an internal address (DNS rebinding) cannot reach internal services.
+struct PublicOnlyResolver;
+
+impl Resolve for PublicOnlyResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| !is_internal(a.ip()))
+                .collect();
+            if addrs.is_empty() {
+                return Err(format!("{host} resolves only to internal addresses").into());
+            }
+            Ok(Box::new(addrs.into_iter()) as Addrs)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_auth_encodes_per_rfc6749() {
+        assert_eq!(basic_auth("id", "s&ecret").expose_secret(), "Basic aWQ6cyUyNmVjcmV0");
+        // ':' in the id must not split it; spaces become '+'
+        let h = basic_auth("a:b", "c d");
+        let raw = STANDARD
+            .decode(h.expose_secret().trim_start_matches("Basic "))
+            .unwrap();
+        assert_eq!(raw, b"a%3Ab:c+d");
+    }
+}

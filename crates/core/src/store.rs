@@ -1,0 +1,154 @@
+//! The storage port: what the domain needs from a database, and nothing about SQL.
+//! Implemented by `tokenvend-store` for PostgreSQL and SQLite; both pass the same test suite.
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::{
+    crypto::WrappedDek,
+    ids::{ConnectionKey, TenantId},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("already exists")]
+    AlreadyExists,
+    /// An optimistic-concurrency check failed: the row changed (or vanished) since it was read.
+    #[error("the row was changed concurrently")]
+    Conflict,
+    /// The row a write refers to does not exist (e.g. the tenant was deleted meanwhile).
+    #[error("the referenced row does not exist")]
+    MissingParent,
+    /// Anything else: connection refused, SQL error, corrupt row. Logged, never shown to callers.
+    #[error("database error: {0}")]
+    Database(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TenantRecord {
+    /// Immutable row id; bound into the associated data of every ciphertext below the tenant.
+    pub id: Uuid,
+    pub slug: TenantId,
+    pub display_name: String,
+    pub created_at: OffsetDateTime,
+}
+
+/// A connection as stored. `settings` is the non-secret configuration as JSON (see
+/// `connection::ConnectionSettings`); the secrets are ciphertexts bound to `id`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConnectionRecord {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub tenant: TenantId,
+    pub provider: crate::ids::ProviderId,
+    pub version: i64,
+    pub settings: String,
+    pub client_secret: Option<Vec<u8>>,
+    pub api_key: Option<Vec<u8>>,
+    pub secret_fingerprint: String,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+impl ConnectionRecord {
+    pub fn key(&self) -> ConnectionKey {
+        ConnectionKey {
+            tenant: self.tenant.clone(),
+            provider: self.provider.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ConnectionRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionRecord")
+            .field("id", &self.id)
+            .field("tenant", &self.tenant)
+            .field("provider", &self.provider)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A cached access token as stored (encrypted), shared by every replica.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub connection_id: Uuid,
+    pub subject: String,
+    /// The connection version the token was fetched under; other versions are ignored.
+    pub connection_version: i64,
+    pub access_token: Vec<u8>,
+    /// SHA-256 of the plaintext token, so `InvalidateToken` can compare without decrypting.
+    pub token_sha256: Vec<u8>,
+    pub scopes: Vec<String>,
+    pub expires_at: OffsetDateTime,
+    pub fetched_at: OffsetDateTime,
+}
+
+impl std::fmt::Debug for TokenRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenRecord")
+            .field("connection_id", &self.connection_id)
+            .field("subject", &self.subject)
+            .field("connection_version", &self.connection_version)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Wrapped data keys (see `crypto`). Separate so the envelope depends on this alone.
+#[async_trait]
+pub trait DataKeyStore: Send + Sync + 'static {
+    async fn insert_data_key(&self, dek: &WrappedDek) -> Result<(), StoreError>;
+    async fn get_data_key(&self, id: Uuid) -> Result<Option<WrappedDek>, StoreError>;
+}
+
+#[async_trait]
+pub trait Store: DataKeyStore {
+    /// Cheap round trip for readiness probes.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// `AlreadyExists` when the slug is taken.
+    async fn create_tenant(&self, tenant: &TenantRecord) -> Result<(), StoreError>;
+    async fn get_tenant(&self, slug: &TenantId) -> Result<Option<TenantRecord>, StoreError>;
+    /// Tenants ordered by slug, strictly after `after`.
+    async fn list_tenants(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<TenantRecord>, StoreError>;
+    /// Deletes the tenant and, by cascade, its connections and tokens. False if absent.
+    async fn delete_tenant(&self, slug: &TenantId) -> Result<bool, StoreError>;
+
+    async fn get_connection(
+        &self,
+        key: &ConnectionKey,
+    ) -> Result<Option<ConnectionRecord>, StoreError>;
+    async fn list_connections(
+        &self,
+        tenant: &TenantId,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ConnectionRecord>, StoreError>;
+    /// Inserts (`expected_version` = None: `AlreadyExists` if the key is taken) or replaces the
+    /// row with the same `id` whose version is `expected_version` (else `Conflict`). The record
+    /// carries its new version. `MissingParent` when the tenant row is gone.
+    async fn put_connection(
+        &self,
+        record: &ConnectionRecord,
+        expected_version: Option<i64>,
+    ) -> Result<(), StoreError>;
+    /// Deletes the connection and its tokens. False if absent.
+    async fn delete_connection(&self, key: &ConnectionKey) -> Result<bool, StoreError>;
+
+    async fn load_token(
+        &self,
+        connection_id: Uuid,
+        subject: &str,
+    ) -> Result<Option<TokenRecord>, StoreError>;
+    /// Upserts the token of (connection, subject). Keeps whichever of the stored and the
+    /// given token expires later when both belong to the same connection version, so a slow
+    /// writer never replaces a fresher token.
+    async fn save_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
+}

@@ -1,0 +1,313 @@
+//! `GetToken` from the cache down to the provider call. Read top to bottom:
+//! [`Vendor::get_token`] (hot path) → [`Vendor::join_fetch`] (single-flight) →
+//! [`fetch`] (store, then provider) → `TokenClient::fetch`.
+
+use std::{sync::Arc, time::Duration};
+
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+use tracing::Instrument;
+
+use crate::{
+    cache::{CachedToken, TokenCache},
+    clock::Clock,
+    connection::{ConnectionSettings, EndpointPolicy},
+    crypto::{Aad, Envelope},
+    error::{Error, Result},
+    flight::{SingleFlight, Waited},
+    ids::TokenKey,
+    oauth::{ClientCredentials, Grant, TokenClient, TokenRequest},
+    store::{ConnectionRecord, Store, StoreError, TokenRecord},
+};
+
+pub(crate) const CONNECTIONS: &str = "connections";
+pub(crate) const TOKENS: &str = "tokens";
+
+#[derive(Clone, Debug)]
+pub struct VendorConfig {
+    /// Used when a caller sets no `min_ttl_seconds` (or 0).
+    pub default_min_ttl: Duration,
+    /// Upper bound on any caller's wait, whatever its deadline.
+    pub max_wait: Duration,
+    pub policy: EndpointPolicy,
+}
+
+impl Default for VendorConfig {
+    fn default() -> Self {
+        Self {
+            default_min_ttl: Duration::from_secs(60),
+            max_wait: Duration::from_secs(30),
+            policy: EndpointPolicy::default(),
+        }
+    }
+}
+
+/// Everything a fetch task needs; shared so the task can outlive the caller that started it.
+struct Inner {
+    store: Arc<dyn Store>,
+    envelope: Arc<Envelope>,
+    cache: Arc<TokenCache>,
+    client: TokenClient,
+    clock: Arc<dyn Clock>,
+    config: VendorConfig,
+}
+
+pub struct Vendor {
+    inner: Arc<Inner>,
+    flights: SingleFlight<TokenKey, Arc<CachedToken>, Error>,
+}
+
+impl Vendor {
+    pub fn new(
+        store: Arc<dyn Store>,
+        envelope: Arc<Envelope>,
+        cache: Arc<TokenCache>,
+        client: TokenClient,
+        clock: Arc<dyn Clock>,
+        config: VendorConfig,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                envelope,
+                cache,
+                client,
+                clock,
+                config,
+            }),
+            flights: SingleFlight::new(),
+        }
+    }
+
+    pub fn config(&self) -> &VendorConfig {
+        &self.inner.config
+    }
+
+    /// A token for `key` valid for at least `min_ttl` (None: the server default), waiting at
+    /// most `wait` (capped by `max_wait`).
+    pub async fn get_token(
+        &self,
+        key: TokenKey,
+        min_ttl: Option<Duration>,
+        wait: Option<Duration>,
+    ) -> Result<Arc<CachedToken>> {
+        let min_ttl = min_ttl
+            .filter(|d| !d.is_zero())
+            .unwrap_or(self.inner.config.default_min_ttl);
+        // Hot path: one map read, one Arc clone, no await before the answer.
+        if let Some(token) = self.inner.cache.get(&key) {
+            if token.valid_for(self.inner.clock.now(), min_ttl) {
+                return Ok(token);
+            }
+            if let Some(lifetime) = token.issued_lifetime.filter(|l| *l < min_ttl) {
+                return Err(unsatisfiable(min_ttl, lifetime));
+            }
+        }
+        let wait = wait
+            .unwrap_or(self.inner.config.max_wait)
+            .min(self.inner.config.max_wait);
+        let deadline = tokio::time::Instant::now() + wait;
+        // A shared fetch started for a laxer caller may return a token too short for this
+        // one; then one more fetch, and if even a token straight from the provider is too
+        // short, the request cannot be met.
+        for attempt in 0..2 {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let token = self.join_fetch(&key, min_ttl, left, wait).await?;
+            if token.valid_for(self.inner.clock.now(), min_ttl) {
+                return Ok(token);
+            }
+            if token.fresh_from_provider || attempt == 1 {
+                let lifetime = token.issued_lifetime.unwrap_or_default();
+                return Err(unsatisfiable(min_ttl, lifetime));
+            }
+        }
+        unreachable!("the loop returns on its second pass")
+    }
+
+    async fn join_fetch(
+        &self,
+        key: &TokenKey,
+        min_ttl: Duration,
+        left: Duration,
+        wait: Duration,
+    ) -> Result<Arc<CachedToken>> {
+        let inner = self.inner.clone();
+        let task_key = key.clone();
+        let span = tracing::info_span!("fetch_token", tenant = %key.tenant, provider = %key.provider);
+        let result = self
+            .flights
+            .run(key.clone(), left, move || {
+                async move { fetch(&inner, task_key, min_ttl).await }.instrument(span)
+            })
+            .await;
+        match result {
+            Ok(token) => Ok(token),
+            Err(Waited::Failed(e)) => Err(Error::Shared(e)),
+            Err(Waited::TimedOut) => Err(Error::DeadlineExceeded(wait)),
+        }
+    }
+
+    /// Connections changed: drop their cached tokens (see `TokenCache::retire_connection`).
+    pub fn cache(&self) -> &Arc<TokenCache> {
+        &self.inner.cache
+    }
+}
+
+fn unsatisfiable(min_ttl: Duration, lifetime: Duration) -> Error {
+    Error::MinTtlUnsatisfiable {
+        requested_secs: min_ttl.as_secs() as i64,
+        lifetime_secs: lifetime.as_secs() as i64,
+    }
+}
+
+/// The one fetch for a key: the shared store first (another replica, or this one before a
+/// restart, may hold a fresh token), then the provider.
+async fn fetch(inner: &Inner, key: TokenKey, min_ttl: Duration) -> Result<Arc<CachedToken>> {
+    // Read before the connection: a change after this point fences our insert.
+    let epoch = inner.cache.epoch(&key.connection());
+    let conn = load_connection(inner, &key).await?;
+
+    if let Some(ct) = &conn.api_key {
+        let api_key = inner
+            .envelope
+            .decrypt_string(connection_aad(conn.id, "api_key"), ct)
+            .await?;
+        let token = Arc::new(CachedToken {
+            access_token: api_key,
+            expires_at: None,
+            scopes: Vec::new(),
+            issued_lifetime: None,
+            fresh_from_provider: false,
+        });
+        inner.cache.insert_if_current(key, token.clone(), epoch);
+        return Ok(token);
+    }
+    if !key.subject.is_client() {
+        return Err(Error::GrantNotFound {
+            tenant: key.tenant.to_string(),
+            provider: key.provider.to_string(),
+            subject: key.subject.to_string(),
+        });
+    }
+
+    let settings: ConnectionSettings = serde_json::from_str(&conn.settings)
+        .map_err(|e| StoreError::Database(format!("connection {} settings: {e}", conn.id)))?;
+    let effective = settings
+        .resolve(inner.config.policy)
+        .map_err(|e| Error::ConnectionInvalid {
+            tenant: key.tenant.to_string(),
+            provider: key.provider.to_string(),
+            reason: e.to_string(),
+        })?;
+
+    let now = inner.clock.now();
+    if let Some(stored) = inner.store.load_token(conn.id, key.subject.as_str()).await? {
+        if stored.connection_version == conn.version && stored.expires_at - now >= min_ttl {
+            let access_token = inner
+                .envelope
+                .decrypt_string(token_aad(&conn, &key), &stored.access_token)
+                .await?;
+            let token = Arc::new(CachedToken {
+                access_token,
+                expires_at: Some(stored.expires_at),
+                scopes: stored.scopes,
+                issued_lifetime: (stored.expires_at - stored.fetched_at).try_into().ok(),
+                fresh_from_provider: false,
+            });
+            inner.cache.insert_if_current(key, token.clone(), epoch);
+            tracing::debug!("token loaded from the shared store");
+            return Ok(token);
+        }
+    }
+
+    let missing = |what| Error::MissingCredential {
+        tenant: key.tenant.to_string(),
+        provider: key.provider.to_string(),
+        missing: what,
+    };
+    let token_url = effective.token_url.as_ref().ok_or_else(|| missing("token_url"))?;
+    let secret_ct = conn.client_secret.as_ref().ok_or_else(|| missing("client_secret"))?;
+    let client_secret: SecretString = inner
+        .envelope
+        .decrypt_string(connection_aad(conn.id, "client_secret"), secret_ct)
+        .await?;
+
+    let response = inner
+        .client
+        .fetch(&TokenRequest {
+            token_url,
+            credentials: ClientCredentials {
+                auth: effective.client_auth,
+                client_id: &effective.client_id,
+                client_secret: &client_secret,
+            },
+            grant: Grant::ClientCredentials,
+            scopes: &effective.scopes,
+            audience: &effective.audience,
+            extra_params: &effective.extra_params,
+            default_expires_in: effective.default_expires_in,
+        })
+        .await?;
+
+    let fetched_at = inner.clock.now();
+    let expires_at = fetched_at + response.expires_in;
+    let plaintext = response.access_token.expose_secret().as_bytes();
+    let record = TokenRecord {
+        connection_id: conn.id,
+        subject: key.subject.as_str().to_owned(),
+        connection_version: conn.version,
+        access_token: inner.envelope.encrypt(token_aad(&conn, &key), plaintext).await?,
+        token_sha256: Sha256::digest(plaintext).to_vec(),
+        scopes: response.scopes.clone(),
+        expires_at,
+        fetched_at,
+    };
+    // The token is good whether or not it could be shared: serve it either way.
+    if let Err(e) = inner.store.save_token(&record).await {
+        tracing::warn!(error = %e, "could not store the fetched token; serving it from memory only");
+    }
+    let token = Arc::new(CachedToken {
+        access_token: response.access_token,
+        expires_at: Some(expires_at),
+        scopes: response.scopes,
+        issued_lifetime: Some(response.expires_in),
+        fresh_from_provider: true,
+    });
+    inner.cache.insert_if_current(key, token.clone(), epoch);
+    tracing::info!(expires_in = response.expires_in.as_secs(), "fetched a token from the provider");
+    Ok(token)
+}
+
+async fn load_connection(inner: &Inner, key: &TokenKey) -> Result<ConnectionRecord> {
+    match inner.store.get_connection(&key.connection()).await? {
+        Some(c) => Ok(c),
+        None => Err(if inner.store.get_tenant(&key.tenant).await?.is_none() {
+            Error::TenantNotFound(key.tenant.to_string())
+        } else {
+            Error::ConnectionNotFound {
+                tenant: key.tenant.to_string(),
+                provider: key.provider.to_string(),
+            }
+        }),
+    }
+}
+
+/// Connection secrets are bound to the connection's immutable row id and their column.
+pub(crate) fn connection_aad(id: uuid::Uuid, column: &'static str) -> Aad<'static> {
+    Aad {
+        table: CONNECTIONS,
+        column,
+        row: id,
+        qualifier: "",
+    }
+}
+
+/// Token rows are keyed by (connection id, subject); both are immutable, so both are bound.
+fn token_aad<'a>(conn: &ConnectionRecord, key: &'a TokenKey) -> Aad<'a> {
+    Aad {
+        table: TOKENS,
+        column: "access_token",
+        row: conn.id,
+        qualifier: key.subject.as_str(),
+    }
+}

@@ -1,0 +1,326 @@
+//! PostgreSQL: the production store, shared by every replica.
+
+use async_trait::async_trait;
+use sqlx::{
+    PgPool, Row,
+    postgres::{PgConnectOptions, PgPoolOptions, PgRow},
+};
+use tokenvend_core::{
+    crypto::WrappedDek,
+    ids::{ConnectionKey, ProviderId, TenantId},
+    store::{ConnectionRecord, DataKeyStore, Store, StoreError, TenantRecord, TokenRecord},
+};
+use uuid::Uuid;
+
+use crate::{OpenError, corrupt, db_err};
+
+#[derive(Clone, Debug)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    pub async fn open(url: &str, migrate: bool) -> Result<Self, OpenError> {
+        let opts: PgConnectOptions = url
+            .parse()
+            .map_err(|e: sqlx::Error| OpenError::Connect(e.to_string()))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect_with(opts.application_name("tokenvend"))
+            .await
+            .map_err(|e| OpenError::Connect(e.to_string()))?;
+        if migrate {
+            // Takes an advisory lock: replicas starting together migrate once.
+            sqlx::migrate!("../../migrations/postgres")
+                .run(&pool)
+                .await
+                .map_err(|e| OpenError::Migrate(e.to_string()))?;
+        }
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+fn tenant(row: &PgRow) -> Result<TenantRecord, StoreError> {
+    Ok(TenantRecord {
+        id: row.try_get("id").map_err(db_err)?,
+        slug: TenantId::parse(row.try_get::<String, _>("slug").map_err(db_err)?)
+            .map_err(|e| corrupt("tenant slug", e))?,
+        display_name: row.try_get("display_name").map_err(db_err)?,
+        created_at: row.try_get("created_at").map_err(db_err)?,
+    })
+}
+
+fn connection(row: &PgRow) -> Result<ConnectionRecord, StoreError> {
+    Ok(ConnectionRecord {
+        id: row.try_get("id").map_err(db_err)?,
+        tenant_id: row.try_get("tenant_id").map_err(db_err)?,
+        tenant: TenantId::parse(row.try_get::<String, _>("slug").map_err(db_err)?)
+            .map_err(|e| corrupt("tenant slug", e))?,
+        provider: ProviderId::parse(row.try_get::<String, _>("provider").map_err(db_err)?)
+            .map_err(|e| corrupt("provider slug", e))?,
+        version: row.try_get("version").map_err(db_err)?,
+        settings: row.try_get("settings").map_err(db_err)?,
+        client_secret: row.try_get("client_secret").map_err(db_err)?,
+        api_key: row.try_get("api_key").map_err(db_err)?,
+        secret_fingerprint: row.try_get("secret_fingerprint").map_err(db_err)?,
+        created_at: row.try_get("created_at").map_err(db_err)?,
+        updated_at: row.try_get("updated_at").map_err(db_err)?,
+    })
+}
+
+const CONNECTION_COLUMNS: &str = "c.id, c.tenant_id, t.slug, c.provider, c.version, c.settings, \
+     c.client_secret, c.api_key, c.secret_fingerprint, c.created_at, c.updated_at";
+
+#[async_trait]
+impl DataKeyStore for PgStore {
+    async fn insert_data_key(&self, dek: &WrappedDek) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO data_keys (id, master_key_id, wrapped) VALUES ($1, $2, $3)")
+            .bind(dek.id)
+            .bind(&dek.master_key_id)
+            .bind(&dek.wrapped)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn get_data_key(&self, id: Uuid) -> Result<Option<WrappedDek>, StoreError> {
+        let row = sqlx::query("SELECT id, master_key_id, wrapped FROM data_keys WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        row.map(|r| {
+            Ok(WrappedDek {
+                id: r.try_get("id").map_err(db_err)?,
+                master_key_id: r.try_get("master_key_id").map_err(db_err)?,
+                wrapped: r.try_get("wrapped").map_err(db_err)?,
+            })
+        })
+        .transpose()
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn create_tenant(&self, t: &TenantRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO tenants (id, slug, display_name, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(t.id)
+        .bind(t.slug.as_str())
+        .bind(&t.display_name)
+        .bind(t.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn get_tenant(&self, slug: &TenantId) -> Result<Option<TenantRecord>, StoreError> {
+        sqlx::query("SELECT id, slug, display_name, created_at FROM tenants WHERE slug = $1")
+            .bind(slug.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?
+            .as_ref()
+            .map(tenant)
+            .transpose()
+    }
+
+    async fn list_tenants(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<TenantRecord>, StoreError> {
+        sqlx::query(
+            "SELECT id, slug, display_name, created_at FROM tenants \
+             WHERE $1::text IS NULL OR slug > $1 ORDER BY slug LIMIT $2",
+        )
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?
+        .iter()
+        .map(tenant)
+        .collect()
+    }
+
+    async fn delete_tenant(&self, slug: &TenantId) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM tenants WHERE slug = $1")
+            .bind(slug.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn get_connection(
+        &self,
+        key: &ConnectionKey,
+    ) -> Result<Option<ConnectionRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {CONNECTION_COLUMNS} FROM connections c JOIN tenants t ON t.id = c.tenant_id \
+             WHERE t.slug = $1 AND c.provider = $2"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(key.tenant.as_str())
+            .bind(key.provider.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?
+            .as_ref()
+            .map(connection)
+            .transpose()
+    }
+
+    async fn list_connections(
+        &self,
+        tenant: &TenantId,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ConnectionRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {CONNECTION_COLUMNS} FROM connections c JOIN tenants t ON t.id = c.tenant_id \
+             WHERE t.slug = $1 AND ($2::text IS NULL OR c.provider > $2) ORDER BY c.provider LIMIT $3"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tenant.as_str())
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?
+            .iter()
+            .map(connection)
+            .collect()
+    }
+
+    async fn put_connection(
+        &self,
+        c: &ConnectionRecord,
+        expected_version: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let done = match expected_version {
+            None => sqlx::query(
+                "INSERT INTO connections (id, tenant_id, provider, version, settings, client_secret, \
+                 api_key, secret_fingerprint, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(c.id)
+            .bind(c.tenant_id)
+            .bind(c.provider.as_str())
+            .bind(c.version)
+            .bind(&c.settings)
+            .bind(&c.client_secret)
+            .bind(&c.api_key)
+            .bind(&c.secret_fingerprint)
+            .bind(c.created_at)
+            .bind(c.updated_at)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?,
+            Some(v) => sqlx::query(
+                "UPDATE connections SET version = $2, settings = $3, client_secret = $4, \
+                 api_key = $5, secret_fingerprint = $6, updated_at = $7 \
+                 WHERE id = $1 AND version = $8",
+            )
+            .bind(c.id)
+            .bind(c.version)
+            .bind(&c.settings)
+            .bind(&c.client_secret)
+            .bind(&c.api_key)
+            .bind(&c.secret_fingerprint)
+            .bind(c.updated_at)
+            .bind(v)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?,
+        };
+        if done.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict)
+        }
+    }
+
+    async fn delete_connection(&self, key: &ConnectionKey) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM connections c USING tenants t \
+             WHERE t.id = c.tenant_id AND t.slug = $1 AND c.provider = $2",
+        )
+        .bind(key.tenant.as_str())
+        .bind(key.provider.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn load_token(
+        &self,
+        connection_id: Uuid,
+        subject: &str,
+    ) -> Result<Option<TokenRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT connection_id, subject, connection_version, access_token, token_sha256, \
+             scopes, expires_at, fetched_at FROM tokens WHERE connection_id = $1 AND subject = $2",
+        )
+        .bind(connection_id)
+        .bind(subject)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        row.map(|r| {
+            Ok(TokenRecord {
+                connection_id: r.try_get("connection_id").map_err(db_err)?,
+                subject: r.try_get("subject").map_err(db_err)?,
+                connection_version: r.try_get("connection_version").map_err(db_err)?,
+                access_token: r.try_get("access_token").map_err(db_err)?,
+                token_sha256: r.try_get("token_sha256").map_err(db_err)?,
+                scopes: serde_json::from_str(&r.try_get::<String, _>("scopes").map_err(db_err)?)
+                    .map_err(|e| corrupt("token scopes", e))?,
+                expires_at: r.try_get("expires_at").map_err(db_err)?,
+                fetched_at: r.try_get("fetched_at").map_err(db_err)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn save_token(&self, t: &TokenRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO tokens (connection_id, subject, connection_version, access_token, \
+             token_sha256, scopes, expires_at, fetched_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (connection_id, subject) DO UPDATE SET \
+               connection_version = excluded.connection_version, access_token = excluded.access_token, \
+               token_sha256 = excluded.token_sha256, scopes = excluded.scopes, \
+               expires_at = excluded.expires_at, fetched_at = excluded.fetched_at \
+             WHERE tokens.connection_version < excluded.connection_version \
+                OR (tokens.connection_version = excluded.connection_version \
+                    AND tokens.expires_at <= excluded.expires_at)",
+        )
+        .bind(t.connection_id)
+        .bind(&t.subject)
+        .bind(t.connection_version)
+        .bind(&t.access_token)
+        .bind(&t.token_sha256)
+        .bind(serde_json::to_string(&t.scopes).map_err(|e| corrupt("token scopes", e))?)
+        .bind(t.expires_at)
+        .bind(t.fetched_at)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+}
