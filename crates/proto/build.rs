@@ -10,7 +10,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());
     }
-    let fds = protox::compile(files, [&root])?;
+    // Imports included (google/protobuf/timestamp.proto): reflection clients must be able to
+    // resolve every type without proto files of their own.
+    let fds = protox::Compiler::new([&root])?
+        .include_imports(true)
+        .include_source_info(true)
+        .open_files(files)?
+        .file_descriptor_set();
     let out = PathBuf::from(env::var("OUT_DIR")?);
     std::fs::write(out.join("tokenvend_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure()

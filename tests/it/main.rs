@@ -1,1 +1,12 @@
+//! End-to-end tests: the real `tokenvend` binary, spoken to over gRPC with a client built
+//! from descriptors fetched through server reflection (as grpcurl does), against a real
+//! OAuth server (oidc-provider), precise mock token endpoints (wiremock), SQLite and a real
+//! PostgreSQL server started by the harness.
 
+mod support;
+
+mod errors;
+mod lifecycle;
+mod reflection;
+mod stampede;
+// mod walkthrough;

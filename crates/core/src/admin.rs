@@ -49,9 +49,9 @@ impl PageRequest {
     }
 }
 
-fn next_page_token(last: Option<&str>, full: bool) -> String {
+fn next_page_token(last: Option<&str>, more: bool) -> String {
     match last {
-        Some(k) if full => URL_SAFE_NO_PAD.encode(format!("v1:{k}")),
+        Some(k) if more => URL_SAFE_NO_PAD.encode(format!("v1:{k}")),
         _ => String::new(),
     }
 }
@@ -129,11 +129,11 @@ impl Admin {
 
     pub async fn list_tenants(&self, page: &PageRequest) -> Result<(Vec<TenantRecord>, String)> {
         let (limit, after) = page.parse()?;
-        let tenants = self.store.list_tenants(after.as_deref(), limit).await?;
-        let next = next_page_token(
-            tenants.last().map(|t| t.slug.as_str()),
-            tenants.len() == limit as usize,
-        );
+        // One more than asked: tells whether another page exists without an empty last page.
+        let mut tenants = self.store.list_tenants(after.as_deref(), limit + 1).await?;
+        let more = tenants.len() > limit as usize;
+        tenants.truncate(limit as usize);
+        let next = next_page_token(tenants.last().map(|t| t.slug.as_str()), more);
         Ok((tenants, next))
     }
 
@@ -289,14 +289,13 @@ impl Admin {
         if self.store.get_tenant(tenant).await?.is_none() {
             return Err(Error::TenantNotFound(tenant.to_string()));
         }
-        let records = self
+        let mut records = self
             .store
-            .list_connections(tenant, after.as_deref(), limit)
+            .list_connections(tenant, after.as_deref(), limit + 1)
             .await?;
-        let next = next_page_token(
-            records.last().map(|c| c.provider.as_str()),
-            records.len() == limit as usize,
-        );
+        let more = records.len() > limit as usize;
+        records.truncate(limit as usize);
+        let next = next_page_token(records.last().map(|c| c.provider.as_str()), more);
         let views = records
             .into_iter()
             .map(|r| self.to_view(r))

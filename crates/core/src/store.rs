@@ -151,4 +151,12 @@ pub trait Store: DataKeyStore {
     /// given token expires later when both belong to the same connection version, so a slow
     /// writer never replaces a fresher token.
     async fn save_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
+    /// Deletes the token of (connection, subject) only if its SHA-256 is `sha256`: a report
+    /// about a token that was already replaced changes nothing. True if it deleted.
+    async fn invalidate_token(
+        &self,
+        connection_id: Uuid,
+        subject: &str,
+        sha256: &[u8],
+    ) -> Result<bool, StoreError>;
 }

@@ -147,6 +147,27 @@ impl Vendor {
         }
     }
 
+    /// A caller reports that the provider rejected `reported`. It is dropped — in the shared
+    /// store and in memory — only if it is still the current token, so a thousand reports of
+    /// one dead token cause one refresh, and a report about an older token changes nothing.
+    pub async fn invalidate(&self, key: TokenKey, reported: &[u8]) -> Result<bool> {
+        let digest = Sha256::digest(reported);
+        let conn = load_connection(&self.inner, &key).await?;
+        let in_store = self
+            .inner
+            .store
+            .invalidate_token(conn.id, key.subject.as_str(), &digest)
+            .await?;
+        let in_memory = self.inner.cache.remove_if(&key, |t| {
+            t.expires_at.is_some()
+                && Sha256::digest(t.access_token.expose_secret().as_bytes()) == digest
+        });
+        if in_store || in_memory {
+            tracing::info!(tenant = %key.tenant, provider = %key.provider, "token invalidated by a caller");
+        }
+        Ok(in_store || in_memory)
+    }
+
     /// Connections changed: drop their cached tokens (see `TokenCache::retire_connection`).
     pub fn cache(&self) -> &Arc<TokenCache> {
         &self.inner.cache
@@ -249,7 +270,11 @@ async fn fetch(inner: &Inner, key: TokenKey, min_ttl: Duration) -> Result<Arc<Ca
         })
         .await?;
 
-    let fetched_at = inner.clock.now();
+    // Microsecond precision, as both databases store it: memory and store then agree.
+    let now = inner.clock.now();
+    let fetched_at = now
+        .replace_nanosecond(now.nanosecond() / 1000 * 1000)
+        .unwrap_or(now);
     let expires_at = fetched_at + response.expires_in;
     let plaintext = response.access_token.expose_secret().as_bytes();
     let record = TokenRecord {

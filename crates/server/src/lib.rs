@@ -1,1 +1,10 @@
+//! The `tokenvend` server: configuration, gRPC services, authentication, the HTTP side port
+//! and logging, wired together in [`app`]. The domain lives in `tokenvend-core`.
 
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod grpc;
+pub mod http;
+pub mod status;
+pub mod telemetry;

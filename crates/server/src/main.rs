@@ -1,1 +1,41 @@
-fn main() {}
+use clap::Parser;
+use tokenvend_server::{
+    app,
+    config::{Cli, Command, LogFormat},
+    telemetry,
+};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => match telemetry::init(args.log_format, &args.log) {
+            Ok(()) => app::serve(args).await,
+            Err(e) => Err(e),
+        },
+        Command::Migrate(db) => match telemetry::init(LogFormat::Human, "info") {
+            Ok(()) => app::migrate(db).await,
+            Err(e) => Err(e),
+        },
+        Command::Keygen { id, api_key } => {
+            if api_key {
+                let mut bytes = [0u8; 32];
+                rand::fill(&mut bytes);
+                use base64::Engine;
+                println!("tv_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes));
+            } else {
+                println!("{}", *tokenvend_core::crypto::KeyRing::generate_entry(&id));
+            }
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the context chain on one line; none of it holds secrets.
+            tracing::error!("{e:#}");
+            eprintln!("tokenvend: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -323,4 +323,22 @@ impl Store for PgStore {
         .map_err(db_err)?;
         Ok(())
     }
+
+    async fn invalidate_token(
+        &self,
+        connection_id: Uuid,
+        subject: &str,
+        sha256: &[u8],
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM tokens WHERE connection_id = $1 AND subject = $2 AND token_sha256 = $3",
+        )
+        .bind(connection_id)
+        .bind(subject)
+        .bind(sha256)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(done.rows_affected() > 0)
+    }
 }

@@ -177,6 +177,14 @@ async fn tokens_keep_the_fresher(s: Arc<dyn Store>) {
     s.save_token(&alice).await.unwrap();
     assert_eq!(s.load_token(c.id, "alice").await.unwrap().unwrap().access_token, vec![6]);
     assert_eq!(s.load_token(c.id, "").await.unwrap().unwrap().access_token, vec![4]);
+
+    // compare-and-invalidate: an older token's hash changes nothing, the current one's drops it
+    assert!(!s.invalidate_token(c.id, "", &[1; 32]).await.unwrap());
+    assert!(s.load_token(c.id, "").await.unwrap().is_some());
+    assert!(s.invalidate_token(c.id, "", &[4; 32]).await.unwrap());
+    assert!(s.load_token(c.id, "").await.unwrap().is_none());
+    assert!(!s.invalidate_token(c.id, "", &[4; 32]).await.unwrap());
+    assert!(s.load_token(c.id, "alice").await.unwrap().is_some(), "other subjects untouched");
 }
 
 async fn cascades(s: Arc<dyn Store>) {

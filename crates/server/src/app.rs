@@ -1,0 +1,183 @@
+//! Wiring: configuration → store → encryption → domain services → gRPC and HTTP servers,
+//! and graceful shutdown on SIGTERM/SIGINT.
+
+use std::{path::Path, sync::Arc};
+
+use anyhow::{Context, Result, bail};
+use tokenvend_core::{
+    admin::Admin,
+    cache::TokenCache,
+    clock::SystemClock,
+    connection::EndpointPolicy,
+    crypto::{Envelope, KeyRing},
+    oauth::{TokenClient, TokenClientConfig},
+    vend::{Vendor, VendorConfig},
+};
+use tokenvend_proto::v1::{
+    admin_service_server::AdminServiceServer, token_service_server::TokenServiceServer,
+};
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    auth::ApiKeyAuth,
+    config::{DbArgs, ServeArgs},
+    grpc::{admin::AdminApi, token::TokenApi},
+};
+
+/// Shortest bootstrap key accepted: anything shorter is guessable.
+const MIN_BOOTSTRAP_KEY_LEN: usize = 16;
+
+/// The master key ring: from TOKENVEND_MASTER_KEYS, or in embedded mode a development key
+/// kept in the data directory (generated on first start, with a loud warning).
+pub fn load_key_ring(db: &DbArgs) -> Result<KeyRing> {
+    if let Some(spec) = &db.master_keys {
+        return KeyRing::parse(spec).context("TOKENVEND_MASTER_KEYS");
+    }
+    if !db.is_embedded() {
+        bail!(
+            "TOKENVEND_MASTER_KEYS is required with an external database; generate one with `tokenvend keygen`"
+        );
+    }
+    let path = db.data_dir.join("master.key");
+    let spec = if path.exists() {
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?
+    } else {
+        std::fs::create_dir_all(&db.data_dir)
+            .with_context(|| format!("creating {}", db.data_dir.display()))?;
+        let entry = KeyRing::generate_entry("dev");
+        write_private(&path, entry.as_bytes())?;
+        entry.to_string()
+    };
+    tracing::warn!(
+        path = %path.display(),
+        "USING A DEVELOPMENT MASTER KEY stored next to the database: anyone who can read the data \
+         directory can decrypt every secret. Set TOKENVEND_MASTER_KEYS (see `tokenvend keygen`) for production"
+    );
+    KeyRing::parse(spec.trim()).context("development master key file")
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes)?;
+    Ok(())
+}
+
+pub async fn serve(args: ServeArgs) -> Result<()> {
+    if let Some(k) = &args.bootstrap_admin_key {
+        if k.len() < MIN_BOOTSTRAP_KEY_LEN {
+            bail!("TOKENVEND_BOOTSTRAP_ADMIN_KEY must be at least {MIN_BOOTSTRAP_KEY_LEN} characters");
+        }
+    } else {
+        tracing::warn!(
+            "TOKENVEND_BOOTSTRAP_ADMIN_KEY is not set: every call will be refused. Generate a key with \
+             `tokenvend keygen --api-key` and set it to administer this instance"
+        );
+    }
+    if args.allow_insecure_endpoints {
+        tracing::warn!("TOKENVEND_ALLOW_INSECURE_ENDPOINTS=true: http:// and internal provider URLs are allowed (development only)");
+    }
+    let ring = load_key_ring(&args.db)?;
+    let store = tokenvend_store::open(&args.db.url(), true)
+        .await
+        .context("opening the database")?;
+    let policy = EndpointPolicy {
+        allow_insecure: args.allow_insecure_endpoints,
+    };
+    let envelope = Arc::new(Envelope::new(ring, store.clone()));
+    let cache = Arc::new(TokenCache::new());
+    let clock = Arc::new(SystemClock);
+    let client = TokenClient::new(TokenClientConfig {
+        request_timeout: args.provider_timeout,
+        allow_insecure: args.allow_insecure_endpoints,
+        ..Default::default()
+    })
+    .context("building the HTTP client")?;
+    let vendor = Arc::new(Vendor::new(
+        store.clone(),
+        envelope.clone(),
+        cache.clone(),
+        client,
+        clock.clone(),
+        VendorConfig {
+            default_min_ttl: args.default_min_ttl,
+            max_wait: args.max_wait,
+            policy,
+        },
+    ));
+    let admin = Arc::new(Admin::new(store.clone(), envelope, cache, clock, policy));
+
+    let auth = ApiKeyAuth::new(args.bootstrap_admin_key.as_deref());
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tokenvend_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    // Python and Node reflection clients only speak v1alpha.
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tokenvend_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<TokenServiceServer<TokenApi>>().await;
+    health.set_serving::<AdminServiceServer<AdminApi>>().await;
+
+    let grpc_listener = tokio::net::TcpListener::bind(args.grpc_addr)
+        .await
+        .with_context(|| format!("binding the gRPC address {}", args.grpc_addr))?;
+    let http_listener = tokio::net::TcpListener::bind(args.http_addr)
+        .await
+        .with_context(|| format!("binding the HTTP address {}", args.http_addr))?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(wait_for_signal(shutdown.clone()));
+
+    let grpc = tonic::transport::Server::builder()
+        .add_service(TokenServiceServer::with_interceptor(TokenApi::new(vendor), auth.clone()))
+        .add_service(AdminServiceServer::with_interceptor(AdminApi::new(admin), auth))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), shutdown.clone().cancelled_owned());
+    let http = axum::serve(http_listener, crate::http::router(store))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+
+    tracing::info!(grpc = %grpc_addr, http = %http_addr, database = if args.db.is_embedded() { "sqlite" } else { "postgres" }, "tokenvend listening");
+    let (g, h) = tokio::join!(grpc, async { http.await });
+    g.context("gRPC server")?;
+    h.context("HTTP server")?;
+    tracing::info!("shut down cleanly");
+    Ok(())
+}
+
+/// SIGTERM (Kubernetes) or SIGINT (Ctrl-C) starts a graceful shutdown: listeners close,
+/// in-flight calls finish.
+async fn wait_for_signal(token: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
+    }
+    token.cancel();
+}
+
+pub async fn migrate(db: DbArgs) -> Result<()> {
+    tokenvend_store::open(&db.url(), true)
+        .await
+        .context("migrating the database")?;
+    tracing::info!("database schema is up to date");
+    Ok(())
+}

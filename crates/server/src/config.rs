@@ -1,0 +1,138 @@
+//! Configuration: every setting is a flag with an environment variable (`TOKENVEND_*`).
+//! Secret-bearing settings hide their values from `--help` and error output.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "tokenvend", version, about = "Multi-tenant OAuth 2.0 token-vending service")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs the gRPC service and the HTTP side port.
+    Serve(ServeArgs),
+    /// Brings the database schema up to date and exits (serve also does this at start-up).
+    Migrate(DbArgs),
+    /// Prints a new master key entry for TOKENVEND_MASTER_KEYS (`id:<base64>`).
+    Keygen {
+        /// Key id to put in front of the key.
+        #[arg(long, default_value = "k1")]
+        id: String,
+        /// Print a random API key (e.g. for TOKENVEND_BOOTSTRAP_ADMIN_KEY) instead.
+        #[arg(long)]
+        api_key: bool,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// `sqlite://…` or `postgres://…`; unset: SQLite in the data directory.
+    #[arg(long, env = "TOKENVEND_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Where the embedded SQLite database and development master key live.
+    #[arg(long, env = "TOKENVEND_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Master key ring: `id:<base64 of 32 bytes>,…`; the first wraps new data keys.
+    #[arg(long, env = "TOKENVEND_MASTER_KEYS", hide_env_values = true)]
+    pub master_keys: Option<String>,
+}
+
+impl DbArgs {
+    pub fn url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("tokenvend.db").display()))
+    }
+
+    pub fn is_embedded(&self) -> bool {
+        self.url().starts_with("sqlite:")
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// gRPC listen address (TokenService, AdminService, reflection, health).
+    #[arg(long, env = "TOKENVEND_GRPC_ADDR", default_value = "0.0.0.0:50051")]
+    pub grpc_addr: SocketAddr,
+    /// HTTP side port: /healthz, /readyz (and the OAuth callback).
+    #[arg(long, env = "TOKENVEND_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+    /// Where browsers reach the HTTP port (for OAuth redirect URIs).
+    #[arg(long, env = "TOKENVEND_PUBLIC_URL")]
+    pub public_url: Option<url::Url>,
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// An API key accepted as an administrator (at least 16 characters).
+    #[arg(long, env = "TOKENVEND_BOOTSTRAP_ADMIN_KEY", hide_env_values = true)]
+    pub bootstrap_admin_key: Option<String>,
+    /// Development only: allow http:// and loopback/private provider URLs.
+    #[arg(long, env = "TOKENVEND_ALLOW_INSECURE_ENDPOINTS", default_value = "false", value_parser = parse_bool)]
+    pub allow_insecure_endpoints: bool,
+    /// Minimum remaining lifetime of a returned token when the caller sets none.
+    #[arg(long, env = "TOKENVEND_DEFAULT_MIN_TTL", default_value = "60s", value_parser = parse_duration)]
+    pub default_min_ttl: Duration,
+    /// Upper bound on any wait for a token, whatever the caller's deadline.
+    #[arg(long, env = "TOKENVEND_MAX_WAIT", default_value = "30s", value_parser = parse_duration)]
+    pub max_wait: Duration,
+    /// Timeout of one HTTP exchange with a provider's token endpoint.
+    #[arg(long, env = "TOKENVEND_PROVIDER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub provider_timeout: Duration,
+    /// Log format: human (default) or json (one object per line).
+    #[arg(long, env = "TOKENVEND_LOG_FORMAT", value_enum, default_value = "human")]
+    pub log_format: LogFormat,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `tokenvend=debug`.
+    #[arg(long, env = "TOKENVEND_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// Booleans accept exactly true/false/1/0: anything else is a typo worth refusing.
+pub fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        other => Err(format!("{other:?} is not a boolean (use true/false/1/0)")),
+    }
+}
+
+/// `500ms`, `10s`, `5m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 500ms, 10s, 5m"))?;
+    Ok(match unit {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parsers() {
+        assert_eq!(parse_duration("60").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("1d").is_err());
+        assert!(parse_duration("abc").is_err());
+        assert!(parse_bool("1").unwrap());
+        assert!(!parse_bool("FALSE").unwrap());
+        assert!(parse_bool("yes").is_err());
+    }
+}

@@ -1,0 +1,100 @@
+//! `tokenvend.v1.TokenService`.
+
+use std::{sync::Arc, time::Duration};
+
+use secrecy::ExposeSecret;
+use tokenvend_core::{
+    InvalidInput,
+    ids::{ProviderId, Subject, TenantId, TokenKey},
+    vend::Vendor,
+};
+use tokenvend_proto::v1::{
+    GetTokenRequest, GetTokenResponse, InvalidateTokenRequest, InvalidateTokenResponse,
+    token_service_server::TokenService,
+};
+use tonic::{Request, Response, Status};
+
+use super::{caller_wait, invalid, status, timestamp};
+
+/// Upper bound for `min_ttl_seconds`: no provider issues tokens for longer than a year.
+const MAX_MIN_TTL_SECS: i64 = 366 * 86_400;
+
+pub struct TokenApi {
+    vendor: Arc<Vendor>,
+}
+
+impl TokenApi {
+    pub fn new(vendor: Arc<Vendor>) -> Self {
+        Self { vendor }
+    }
+}
+
+fn token_key(tenant: String, provider: String, subject: String) -> Result<TokenKey, Status> {
+    Ok(TokenKey {
+        tenant: TenantId::parse(tenant).map_err(invalid)?,
+        provider: ProviderId::parse(provider).map_err(invalid)?,
+        subject: Subject::parse(subject).map_err(invalid)?,
+    })
+}
+
+#[tonic::async_trait]
+impl TokenService for TokenApi {
+    #[tracing::instrument(skip_all, fields(tenant = %req.get_ref().tenant, provider = %req.get_ref().provider))]
+    async fn get_token(
+        &self,
+        req: Request<GetTokenRequest>,
+    ) -> Result<Response<GetTokenResponse>, Status> {
+        let wait = caller_wait(req.metadata());
+        let GetTokenRequest {
+            tenant,
+            provider,
+            min_ttl_seconds,
+            subject,
+        } = req.into_inner();
+        let key = token_key(tenant, provider, subject)?;
+        let min_ttl = match min_ttl_seconds {
+            None | Some(0) => None,
+            Some(n) if !(0..=MAX_MIN_TTL_SECS).contains(&n) => {
+                return Err(invalid(InvalidInput::new(
+                    "min_ttl_seconds",
+                    format!("must be between 0 and {MAX_MIN_TTL_SECS}"),
+                )));
+            }
+            Some(n) => Some(Duration::from_secs(n as u64)),
+        };
+        let token = self
+            .vendor
+            .get_token(key, min_ttl, wait)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(GetTokenResponse {
+            access_token: token.access_token.expose_secret().to_owned(),
+            token_type: "Bearer".to_owned(),
+            expires_at: token.expires_at.map(timestamp),
+            scopes: token.scopes.clone(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(tenant = %req.get_ref().tenant, provider = %req.get_ref().provider))]
+    async fn invalidate_token(
+        &self,
+        req: Request<InvalidateTokenRequest>,
+    ) -> Result<Response<InvalidateTokenResponse>, Status> {
+        let InvalidateTokenRequest {
+            tenant,
+            provider,
+            subject,
+            access_token,
+        } = req.into_inner();
+        let key = token_key(tenant, provider, subject)?;
+        if access_token.is_empty() {
+            return Err(invalid(InvalidInput::new("access_token", "is required")));
+        }
+        let invalidated = self
+            .vendor
+            .invalidate(key, access_token.as_bytes())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(InvalidateTokenResponse { invalidated }))
+    }
+}

@@ -1,0 +1,116 @@
+//! The one place where domain errors become gRPC statuses (DESIGN.md "Error mapping").
+//! The match is exhaustive without a wildcard: a new error variant is a compile error here
+//! until someone decides its status. Internal errors are logged with context and answered
+//! with a generic message; nothing here ever formats a secret.
+
+use std::{collections::HashMap, time::Duration};
+
+use tokenvend_core::{Error, oauth::ProviderError, store::StoreError};
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+const DOMAIN: &str = "tokenvend";
+
+/// OAuth error codes (RFC 6749 §5.2 and common extensions) surfaced as their own reason.
+const KNOWN_OAUTH_CODES: &[&str] = &[
+    "invalid_request",
+    "invalid_client",
+    "invalid_grant",
+    "unauthorized_client",
+    "unsupported_grant_type",
+    "invalid_scope",
+    "access_denied",
+    "invalid_target",
+];
+
+fn rich(code: Code, message: String, reason: &str, metadata: HashMap<String, String>) -> Status {
+    Status::with_error_details(
+        code,
+        message,
+        ErrorDetails::with_error_info(reason, DOMAIN, metadata),
+    )
+}
+
+pub fn to_status(err: &Error) -> Status {
+    let none = HashMap::new;
+    match err.root() {
+        Error::InvalidInput(e) => {
+            let mut details = ErrorDetails::with_bad_request_violation(e.field, e.reason.clone());
+            details.set_error_info("INVALID_ARGUMENT", DOMAIN, [("field".to_owned(), e.field.to_owned())]);
+            Status::with_error_details(Code::InvalidArgument, e.to_string(), details)
+        }
+        e @ Error::TenantNotFound(_) => rich(Code::NotFound, e.to_string(), "TENANT_NOT_FOUND", none()),
+        e @ Error::ConnectionNotFound { .. } => {
+            rich(Code::NotFound, e.to_string(), "CONNECTION_NOT_FOUND", none())
+        }
+        e @ Error::GrantNotFound { .. } => rich(Code::NotFound, e.to_string(), "GRANT_NOT_FOUND", none()),
+        e @ Error::TenantExists(_) => rich(Code::AlreadyExists, e.to_string(), "ALREADY_EXISTS", none()),
+        e @ Error::MissingCredential { .. } => {
+            rich(Code::FailedPrecondition, e.to_string(), "MISSING_CREDENTIAL", none())
+        }
+        e @ Error::ConnectionInvalid { .. } => {
+            rich(Code::FailedPrecondition, e.to_string(), "CONNECTION_INVALID", none())
+        }
+        e @ Error::MinTtlUnsatisfiable { .. } => {
+            rich(Code::FailedPrecondition, e.to_string(), "MIN_TTL_UNSATISFIABLE", none())
+        }
+        e @ Error::DeadlineExceeded(_) => Status::new(Code::DeadlineExceeded, e.to_string()),
+        Error::Provider(p) => provider_status(p),
+        Error::Store(s) => internal(err, s),
+        Error::Crypto(c) => {
+            tracing::error!(error = %c, "encryption failure");
+            Status::new(
+                Code::Internal,
+                "internal error: a stored secret could not be decrypted or encrypted (see server logs)",
+            )
+        }
+        Error::Shared(_) => unreachable!("root() looks through Shared"),
+    }
+}
+
+fn provider_status(p: &ProviderError) -> Status {
+    let message = p.to_string();
+    match p {
+        ProviderError::OAuth { status, code, .. } => {
+            let reason = if KNOWN_OAUTH_CODES.contains(&code.as_str()) {
+                code.to_ascii_uppercase()
+            } else {
+                "PROVIDER_ERROR".to_owned()
+            };
+            let metadata = HashMap::from([
+                ("oauth_error".to_owned(), code.clone()),
+                ("http_status".to_owned(), status.to_string()),
+            ]);
+            rich(Code::FailedPrecondition, message, &reason, metadata)
+        }
+        ProviderError::Rejected { status } | ProviderError::Refused { status } => rich(
+            Code::FailedPrecondition,
+            message,
+            "PROVIDER_REJECTED",
+            HashMap::from([("http_status".to_owned(), status.to_string())]),
+        ),
+        ProviderError::BadResponse { .. } => {
+            rich(Code::FailedPrecondition, message, "PROVIDER_BAD_RESPONSE", HashMap::new())
+        }
+        ProviderError::Unavailable { retry_after, .. } => {
+            let mut details = ErrorDetails::with_retry_info(Some(retry_after.unwrap_or(Duration::from_secs(1))));
+            details.set_error_info("PROVIDER_UNAVAILABLE", DOMAIN, HashMap::new());
+            Status::with_error_details(Code::Unavailable, message, details)
+        }
+    }
+}
+
+fn internal(err: &Error, s: &StoreError) -> Status {
+    match s {
+        StoreError::Database(_) | StoreError::Conflict | StoreError::AlreadyExists | StoreError::MissingParent => {
+            tracing::error!(error = %err, "storage failure");
+            let mut details = ErrorDetails::with_retry_info(Some(Duration::from_secs(1)));
+            details.set_error_info("STORAGE_UNAVAILABLE", DOMAIN, HashMap::new());
+            Status::with_error_details(
+                Code::Unavailable,
+                "the token store is unavailable; retry later (details in the server logs)",
+                details,
+            )
+        }
+    }
+}

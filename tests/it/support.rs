@@ -1,0 +1,315 @@
+//! The harness: start `tokenvend`, talk to it through reflection, plant and find secrets.
+
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::{Buf, BufMut, Bytes};
+use prost::Message;
+use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor, SerializeOptions};
+use serde_json::Value;
+use tokenvend_testkit::process::Proc;
+use tonic::{
+    Status,
+    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+    codegen::http::uri::PathAndQuery,
+    metadata::MetadataValue,
+    transport::Channel,
+};
+use tonic_reflection::pb::v1::{
+    ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+    server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+};
+
+pub const ADMIN_KEY: &str = "e2e-admin-key-4c1f8e2b9d";
+
+pub struct Server {
+    pub proc: Proc,
+    pub grpc: String,
+    pub http: String,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+#[derive(Default)]
+pub struct Opts {
+    pub database_url: Option<String>,
+    /// Re-use a data directory (restart tests); a fresh one otherwise.
+    pub data_dir: Option<PathBuf>,
+    pub env: Vec<(&'static str, String)>,
+}
+
+/// A master key ring for tests that need one (PostgreSQL, shared by replicas).
+pub fn master_keys() -> String {
+    "test:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".to_owned()
+}
+
+impl Server {
+    pub async fn start(opts: Opts) -> Result<Server> {
+        let (tmp, data_dir) = match opts.data_dir {
+            Some(d) => (None, d),
+            None => {
+                let t = tempfile::tempdir()?;
+                let d = t.path().to_owned();
+                (Some(t), d)
+            }
+        };
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokenvend"));
+        cmd.arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("TOKENVEND_GRPC_ADDR", "127.0.0.1:0")
+            .env("TOKENVEND_HTTP_ADDR", "127.0.0.1:0")
+            .env("TOKENVEND_DATA_DIR", &data_dir)
+            .env("TOKENVEND_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY)
+            .env("TOKENVEND_ALLOW_INSECURE_ENDPOINTS", "true")
+            // Most verbose: the secret-leak checks grep everything the server can print.
+            .env("TOKENVEND_LOG", "debug");
+        if let Some(url) = &opts.database_url {
+            cmd.env("TOKENVEND_DATABASE_URL", url)
+                .env("TOKENVEND_MASTER_KEYS", master_keys());
+        }
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let mut proc = Proc::spawn(cmd, "tokenvend")?;
+        let line = proc
+            .wait_for_output("tokenvend listening", Duration::from_secs(60))
+            .await?;
+        let field = |name: &str| -> Result<String> {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                .map(|a| format!("http://{a}"))
+                .with_context(|| format!("no {name}= in {line:?}"))
+        };
+        Ok(Server {
+            grpc: field("grpc")?,
+            http: field("http")?,
+            proc,
+            data_dir,
+            _tmp: tmp,
+        })
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.grpc, Some(ADMIN_KEY)).await.expect("connect")
+    }
+
+    pub fn output(&self) -> String {
+        self.proc.output()
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+}
+
+/// A gRPC client that knows the API only from server reflection, like grpcurl.
+#[derive(Clone)]
+pub struct Client {
+    channel: Channel,
+    pool: DescriptorPool,
+    key: Option<String>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+#[derive(Clone, Copy, Default)]
+struct RawEnc;
+#[derive(Clone, Copy, Default)]
+struct RawDec;
+
+impl Encoder for RawEnc {
+    type Item = Bytes;
+    type Error = Status;
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawDec {
+    type Item = Bytes;
+    type Error = Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        let n = src.remaining();
+        Ok(Some(src.copy_to_bytes(n)))
+    }
+}
+
+impl Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawEnc;
+    type Decoder = RawDec;
+    fn encoder(&mut self) -> RawEnc {
+        RawEnc
+    }
+    fn decoder(&mut self) -> RawDec {
+        RawDec
+    }
+}
+
+/// Per-call options.
+#[derive(Default, Clone)]
+pub struct CallOpts {
+    pub timeout: Option<Duration>,
+    pub no_key: bool,
+    pub key: Option<String>,
+}
+
+impl Client {
+    pub async fn connect(addr: &str, key: Option<&str>) -> Result<Client> {
+        let channel = Channel::from_shared(addr.to_owned())?.connect().await?;
+        let pool = fetch_descriptors(channel.clone()).await?;
+        Ok(Client {
+            channel,
+            pool,
+            key: key.map(str::to_owned),
+        })
+    }
+
+    pub fn services(&self) -> Vec<String> {
+        self.pool.services().map(|s| s.full_name().to_owned()).collect()
+    }
+
+    fn method(&self, name: &str) -> Result<MethodDescriptor> {
+        let (svc, m) = name.rsplit_once('/').context("method must be Service/Method")?;
+        let svc = if svc.contains('.') { svc.to_owned() } else { format!("tokenvend.v1.{svc}") };
+        self.pool
+            .get_service_by_name(&svc)
+            .with_context(|| format!("no service {svc} via reflection"))?
+            .methods()
+            .find(|x| x.name() == m)
+            .with_context(|| format!("no method {m} on {svc}"))
+    }
+
+    /// Calls `Service/Method` with a JSON request (proto field names), returns JSON.
+    pub async fn call(&self, method: &str, req: Value) -> Result<Value, Status> {
+        self.call_opts(method, req, CallOpts::default()).await
+    }
+
+    pub async fn call_opts(&self, method: &str, req: Value, opts: CallOpts) -> Result<Value, Status> {
+        let m = self.method(method).map_err(|e| Status::internal(e.to_string()))?;
+        let msg = DynamicMessage::deserialize(m.input(), req)
+            .map_err(|e| Status::internal(format!("bad test request: {e}")))?;
+        let mut request = tonic::Request::new(Bytes::from(msg.encode_to_vec()));
+        let key = if opts.no_key { None } else { opts.key.clone().or_else(|| self.key.clone()) };
+        if let Some(k) = key {
+            request
+                .metadata_mut()
+                .insert("authorization", MetadataValue::try_from(format!("Bearer {k}")).unwrap());
+        }
+        if let Some(t) = opts.timeout {
+            request.set_timeout(t);
+        }
+        let path = PathAndQuery::try_from(format!("/{}/{}", m.parent_service().full_name(), m.name()))
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
+        grpc.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let resp = grpc.unary(request, path, RawCodec).await?;
+        let out = DynamicMessage::decode(m.output(), resp.into_inner())
+            .map_err(|e| Status::internal(format!("undecodable response: {e}")))?;
+        let opts = SerializeOptions::new().use_proto_field_name(true).skip_default_fields(false);
+        Ok(out
+            .serialize_with_options(serde_json::value::Serializer, &opts)
+            .expect("serialize response"))
+    }
+}
+
+/// Every file the server's services are defined in, with dependencies, via reflection v1.
+async fn fetch_descriptors(channel: Channel) -> Result<DescriptorPool> {
+    let mut client = ServerReflectionClient::new(channel);
+    let req = |m: MessageRequest| ServerReflectionRequest { host: String::new(), message_request: Some(m) };
+    let resp = client
+        .server_reflection_info(futures::stream::iter(vec![req(MessageRequest::ListServices(String::new()))]))
+        .await?
+        .into_inner()
+        .message()
+        .await?
+        .context("no reflection answer")?;
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        bail!("unexpected reflection answer");
+    };
+    // Like grpcurl: the file of each service, then every dependency by file name.
+    let mut asks: Vec<MessageRequest> = list.service.into_iter().map(|s| MessageRequest::FileContainingSymbol(s.name)).collect();
+    let mut seen = HashSet::new();
+    let mut files = Vec::new();
+    while !asks.is_empty() {
+        let batch: Vec<_> = asks.drain(..).map(req).collect();
+        let mut stream = client.server_reflection_info(futures::stream::iter(batch)).await?.into_inner();
+        while let Some(r) = stream.message().await? {
+            match r.message_response {
+                Some(MessageResponse::FileDescriptorResponse(fd)) => {
+                    for raw in fd.file_descriptor_proto {
+                        let f = prost_types::FileDescriptorProto::decode(raw.as_slice())?;
+                        if seen.insert(f.name().to_owned()) {
+                            files.push(f);
+                        }
+                    }
+                }
+                Some(MessageResponse::ErrorResponse(e)) => bail!("reflection error: {}", e.error_message),
+                _ => {}
+            }
+        }
+        for f in &files {
+            for dep in &f.dependency {
+                if !seen.contains(dep) && !asks.iter().any(|a| matches!(a, MessageRequest::FileByFilename(n) if n == dep)) {
+                    asks.push(MessageRequest::FileByFilename(dep.clone()));
+                }
+            }
+        }
+    }
+    let mut pool = DescriptorPool::new();
+    // Dependencies first: add until everything resolves.
+    let mut pending = files;
+    while !pending.is_empty() {
+        let before = pending.len();
+        let mut rest = Vec::new();
+        for f in pending {
+            if pool.add_file_descriptor_proto(f.clone()).is_err() {
+                rest.push(f);
+            }
+        }
+        if rest.len() == before {
+            return Err(anyhow!("unresolvable descriptors: {:?}", rest.iter().map(|f| f.name()).collect::<Vec<_>>()));
+        }
+        pending = rest;
+    }
+    Ok(pool)
+}
+
+/// The `ErrorInfo.reason` of a status, if any.
+pub fn reason(s: &Status) -> Option<String> {
+    use tonic_types::StatusExt;
+    s.get_details_error_info().map(|i| i.reason)
+}
+
+pub fn retry_info(s: &Status) -> Option<Duration> {
+    use tonic_types::StatusExt;
+    s.get_details_retry_info().and_then(|r| r.retry_delay)
+}
+
+/// Creates a tenant and a generic client-credentials connection to `token_url`.
+pub async fn setup_connection(c: &Client, tenant: &str, provider: &str, token_url: &str, secret: &str, extra: Value) -> Value {
+    let _ = c.call("AdminService/CreateTenant", serde_json::json!({"tenant": tenant, "display_name": tenant})).await;
+    let mut req = serde_json::json!({
+        "tenant": tenant,
+        "provider": provider,
+        "token_url": token_url,
+        "client_id": "client-1",
+        "client_secret": secret,
+    });
+    if let (Some(r), Some(e)) = (req.as_object_mut(), extra.as_object()) {
+        r.extend(e.clone());
+    }
+    c.call("AdminService/PutConnection", req).await.expect("PutConnection")
+}
+
+pub fn get_token_req(tenant: &str, provider: &str) -> Value {
+    serde_json::json!({"tenant": tenant, "provider": provider})
+}
