@@ -22,14 +22,19 @@ struct Numbered(Arc<AtomicUsize>);
 impl Respond for Numbered {
     fn respond(&self, _: &Request) -> ResponseTemplate {
         let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
-        ResponseTemplate::new(200).set_body_json(json!({"access_token": format!("tok-{n}"), "expires_in": 3600, "token_type": "Bearer"}))
+        ResponseTemplate::new(200).set_body_json(
+            json!({"access_token": format!("tok-{n}"), "expires_in": 3600, "token_type": "Bearer"}),
+        )
     }
 }
 
 async fn numbered_provider() -> (MockServer, Numbered) {
     let provider = MockServer::start().await;
     let n = Numbered::default();
-    Mock::given(method("POST")).respond_with(n.clone()).mount(&provider).await;
+    Mock::given(method("POST"))
+        .respond_with(n.clone())
+        .mount(&provider)
+        .await;
     (provider, n)
 }
 
@@ -39,21 +44,45 @@ const SECRET: &str = "at-rest-secret-Hq3v9";
 async fn restart_serves_the_stored_token_and_keeps_secrets_encrypted() {
     let (provider, count) = numbered_provider().await;
     let dir = tempfile::tempdir().unwrap();
-    let opts = || Opts { data_dir: Some(dir.path().to_owned()), ..Default::default() };
+    let opts = || Opts {
+        data_dir: Some(dir.path().to_owned()),
+        ..Default::default()
+    };
 
     let mut first = Server::start(opts()).await.unwrap();
     let c = first.client().await;
-    setup_connection(&c, "acme", "p", &format!("{}/token", provider.uri()), SECRET, json!({})).await;
-    let t1 = c.call("TokenService/GetToken", get_token_req("acme", "p")).await.unwrap();
+    setup_connection(
+        &c,
+        "acme",
+        "p",
+        &format!("{}/token", provider.uri()),
+        SECRET,
+        json!({}),
+    )
+    .await;
+    let t1 = c
+        .call("TokenService/GetToken", get_token_req("acme", "p"))
+        .await
+        .unwrap();
     assert_eq!(t1["access_token"], "tok-1");
     // answered from memory the second time
-    let again = c.call("TokenService/GetToken", get_token_req("acme", "p")).await.unwrap();
+    let again = c
+        .call("TokenService/GetToken", get_token_req("acme", "p"))
+        .await
+        .unwrap();
     assert_eq!(again, t1);
     assert_eq!(count.0.load(Ordering::SeqCst), 1);
 
     // A second process on the same embedded database is refused, clearly.
-    let err = Server::start(opts()).await.err().expect("second process must not start");
-    assert!(err.to_string().contains("in use by another tokenvend process"), "{err:#}");
+    let err = Server::start(opts())
+        .await
+        .err()
+        .expect("second process must not start");
+    assert!(
+        err.to_string()
+            .contains("in use by another tokenvend process"),
+        "{err:#}"
+    );
 
     // Graceful shutdown on SIGTERM.
     first.proc.signal(libc::SIGTERM);
@@ -65,13 +94,21 @@ async fn restart_serves_the_stored_token_and_keeps_secrets_encrypted() {
     for entry in std::fs::read_dir(dir.path()).unwrap() {
         let bytes = std::fs::read(entry.unwrap().path()).unwrap();
         for planted in [SECRET.as_bytes(), b"tok-1"] {
-            assert!(!bytes.windows(planted.len()).any(|w| w == planted), "plaintext at rest");
+            assert!(
+                !bytes.windows(planted.len()).any(|w| w == planted),
+                "plaintext at rest"
+            );
         }
     }
 
     // After a restart the stored token is served without asking the provider again.
     let second = Server::start(opts()).await.unwrap();
-    let t2 = second.client().await.call("TokenService/GetToken", get_token_req("acme", "p")).await.unwrap();
+    let t2 = second
+        .client()
+        .await
+        .call("TokenService/GetToken", get_token_req("acme", "p"))
+        .await
+        .unwrap();
     assert_eq!(t2["access_token"], "tok-1");
     assert_eq!(t2["expires_at"], t1["expires_at"]);
     assert_eq!(count.0.load(Ordering::SeqCst), 1);
@@ -84,33 +121,77 @@ async fn connection_changes_are_never_answered_with_an_old_token() {
     let c = server.client().await;
     let url = format!("{}/token", provider.uri());
     setup_connection(&c, "acme", "p", &url, SECRET, json!({"scopes": ["a"]})).await;
-    assert_eq!(c.call("TokenService/GetToken", get_token_req("acme", "p")).await.unwrap()["access_token"], "tok-1");
+    assert_eq!(
+        c.call("TokenService/GetToken", get_token_req("acme", "p"))
+            .await
+            .unwrap()["access_token"],
+        "tok-1"
+    );
 
     // New settings: the next GetToken fetches under them.
     let v2 = c.call("AdminService/PutConnection", json!({"tenant": "acme", "provider": "p", "token_url": url, "client_id": "client-1", "scopes": ["a", "b"]})).await.unwrap();
     assert_eq!(v2["version"], "2");
-    let t = c.call("TokenService/GetToken", get_token_req("acme", "p")).await.unwrap();
+    let t = c
+        .call("TokenService/GetToken", get_token_req("acme", "p"))
+        .await
+        .unwrap();
     assert_eq!(t["access_token"], "tok-2");
-    let form = String::from_utf8(provider.received_requests().await.unwrap()[1].body.clone()).unwrap();
+    let form =
+        String::from_utf8(provider.received_requests().await.unwrap()[1].body.clone()).unwrap();
     assert!(form.contains("scope=a+b"), "{form}");
     assert_eq!(count.0.load(Ordering::SeqCst), 2);
 
     // InvalidateToken: an old token is a no-op, the current one is dropped once.
-    let stale = c.call("TokenService/InvalidateToken", json!({"tenant": "acme", "provider": "p", "access_token": "tok-1"})).await.unwrap();
+    let stale = c
+        .call(
+            "TokenService/InvalidateToken",
+            json!({"tenant": "acme", "provider": "p", "access_token": "tok-1"}),
+        )
+        .await
+        .unwrap();
     assert_eq!(stale["invalidated"], false);
-    assert_eq!(c.call("TokenService/GetToken", get_token_req("acme", "p")).await.unwrap()["access_token"], "tok-2");
+    assert_eq!(
+        c.call("TokenService/GetToken", get_token_req("acme", "p"))
+            .await
+            .unwrap()["access_token"],
+        "tok-2"
+    );
     for expected in [true, false] {
-        let r = c.call("TokenService/InvalidateToken", json!({"tenant": "acme", "provider": "p", "access_token": "tok-2"})).await.unwrap();
+        let r = c
+            .call(
+                "TokenService/InvalidateToken",
+                json!({"tenant": "acme", "provider": "p", "access_token": "tok-2"}),
+            )
+            .await
+            .unwrap();
         assert_eq!(r["invalidated"], expected);
     }
-    assert_eq!(c.call("TokenService/GetToken", get_token_req("acme", "p")).await.unwrap()["access_token"], "tok-3");
+    assert_eq!(
+        c.call("TokenService/GetToken", get_token_req("acme", "p"))
+            .await
+            .unwrap()["access_token"],
+        "tok-3"
+    );
 
     // Deleting the connection (or the tenant) drops its tokens.
-    c.call("AdminService/DeleteConnection", json!({"tenant": "acme", "provider": "p"})).await.unwrap();
-    let err = c.call("TokenService/GetToken", get_token_req("acme", "p")).await.unwrap_err();
+    c.call(
+        "AdminService/DeleteConnection",
+        json!({"tenant": "acme", "provider": "p"}),
+    )
+    .await
+    .unwrap();
+    let err = c
+        .call("TokenService/GetToken", get_token_req("acme", "p"))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
-    c.call("AdminService/DeleteTenant", json!({"tenant": "acme"})).await.unwrap();
-    let err = c.call("AdminService/GetTenant", json!({"tenant": "acme"})).await.unwrap_err();
+    c.call("AdminService/DeleteTenant", json!({"tenant": "acme"}))
+        .await
+        .unwrap();
+    let err = c
+        .call("AdminService/GetTenant", json!({"tenant": "acme"}))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
 }
 
@@ -118,27 +199,77 @@ async fn connection_changes_are_never_answered_with_an_old_token() {
 async fn postgres_backend_shares_tokens_between_processes() {
     let (provider, count) = numbered_provider().await;
     let url = PgCluster::shared().fresh_database();
-    let a = Server::start(Opts { database_url: Some(url.clone()), ..Default::default() }).await.unwrap();
-    let b = Server::start(Opts { database_url: Some(url), ..Default::default() }).await.unwrap();
-    assert!(a.output().contains("database=\"postgres\""), "{}", a.output());
+    let a = Server::start(Opts {
+        database_url: Some(url.clone()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let b = Server::start(Opts {
+        database_url: Some(url),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert!(
+        a.output().contains("database=\"postgres\""),
+        "{}",
+        a.output()
+    );
     let ca = a.client().await;
-    setup_connection(&ca, "acme", "p", &format!("{}/token", provider.uri()), SECRET, json!({})).await;
-    let ta = ca.call("TokenService/GetToken", get_token_req("acme", "p")).await.unwrap();
+    setup_connection(
+        &ca,
+        "acme",
+        "p",
+        &format!("{}/token", provider.uri()),
+        SECRET,
+        json!({}),
+    )
+    .await;
+    let ta = ca
+        .call("TokenService/GetToken", get_token_req("acme", "p"))
+        .await
+        .unwrap();
     assert_eq!(ta["access_token"], "tok-1");
     // The other process finds the stored token instead of asking the provider.
-    let tb = b.client().await.call("TokenService/GetToken", get_token_req("acme", "p")).await.unwrap();
+    let tb = b
+        .client()
+        .await
+        .call("TokenService/GetToken", get_token_req("acme", "p"))
+        .await
+        .unwrap();
     assert_eq!(tb["access_token"], "tok-1");
     assert_eq!(count.0.load(Ordering::SeqCst), 1);
 
     // Tenants and pagination over the shared database.
     let cb = b.client().await;
     for t in ["t1", "t2", "t3"] {
-        cb.call("AdminService/CreateTenant", json!({"tenant": t, "display_name": t.to_uppercase()})).await.unwrap();
+        cb.call(
+            "AdminService/CreateTenant",
+            json!({"tenant": t, "display_name": t.to_uppercase()}),
+        )
+        .await
+        .unwrap();
     }
-    let p1 = cb.call("AdminService/ListTenants", json!({"page_size": 2})).await.unwrap();
+    let p1 = cb
+        .call("AdminService/ListTenants", json!({"page_size": 2}))
+        .await
+        .unwrap();
     assert_eq!(p1["tenants"].as_array().unwrap().len(), 2);
-    let p2 = cb.call("AdminService/ListTenants", json!({"page_size": 2, "page_token": p1["next_page_token"]})).await.unwrap();
-    let names: Vec<_> = p1["tenants"].as_array().unwrap().iter().chain(p2["tenants"].as_array().unwrap()).map(|t| t["tenant"].as_str().unwrap().to_owned()).collect();
+    let p2 = cb
+        .call(
+            "AdminService/ListTenants",
+            json!({"page_size": 2, "page_token": p1["next_page_token"]}),
+        )
+        .await
+        .unwrap();
+    let names: Vec<_> = p1["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(p2["tenants"].as_array().unwrap())
+        .map(|t| t["tenant"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(names, ["acme", "t1", "t2", "t3"]);
     assert_eq!(p2["next_page_token"], "");
 }

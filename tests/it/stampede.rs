@@ -27,7 +27,15 @@ async fn thousand_cold_callers_cause_one_provider_request() {
         .await;
     let server = Server::start(Opts::default()).await.unwrap();
     let admin = server.client().await;
-    setup_connection(&admin, "acme", "stampede", &format!("{}/token", provider.uri()), "s3cret", json!({})).await;
+    setup_connection(
+        &admin,
+        "acme",
+        "stampede",
+        &format!("{}/token", provider.uri()),
+        "s3cret",
+        json!({}),
+    )
+    .await;
 
     // Several HTTP/2 connections, as several calling services would have.
     let mut clients = Vec::new();
@@ -36,7 +44,10 @@ async fn thousand_cold_callers_cause_one_provider_request() {
     }
     let calls = (0..1000).map(|i| {
         let c: Client = clients[i % clients.len()].clone();
-        async move { c.call("TokenService/GetToken", get_token_req("acme", "stampede")).await }
+        async move {
+            c.call("TokenService/GetToken", get_token_req("acme", "stampede"))
+                .await
+        }
     });
     let results = join_all(calls).await;
     for r in &results {
@@ -46,7 +57,12 @@ async fn thousand_cold_callers_cause_one_provider_request() {
     }
     assert_eq!(results.len(), 1000);
     let requests = provider.received_requests().await.unwrap();
-    assert_eq!(requests.len(), 1, "the provider saw {} token requests", requests.len());
+    assert_eq!(
+        requests.len(),
+        1,
+        "the provider saw {} token requests",
+        requests.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,26 +80,53 @@ async fn a_held_provider_does_not_block_other_keys() {
     });
     let provider_b = MockServer::start().await;
     Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"access_token": "tok-b", "expires_in": 3600})))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"access_token": "tok-b", "expires_in": 3600})),
+        )
         .expect(1)
         .mount(&provider_b)
         .await;
 
     let server = Server::start(Opts::default()).await.unwrap();
     let c = server.client().await;
-    setup_connection(&c, "acme", "held", &format!("http://{held_addr}/token"), "s", json!({})).await;
-    setup_connection(&c, "acme", "free", &format!("{}/token", provider_b.uri()), "s", json!({})).await;
+    setup_connection(
+        &c,
+        "acme",
+        "held",
+        &format!("http://{held_addr}/token"),
+        "s",
+        json!({}),
+    )
+    .await;
+    setup_connection(
+        &c,
+        "acme",
+        "free",
+        &format!("{}/token", provider_b.uri()),
+        "s",
+        json!({}),
+    )
+    .await;
 
     let a = {
         let c = c.clone();
-        tokio::spawn(async move { c.call("TokenService/GetToken", get_token_req("acme", "held")).await })
+        tokio::spawn(async move {
+            c.call("TokenService/GetToken", get_token_req("acme", "held"))
+                .await
+        })
     };
     // A's fetch is under way once its provider has a connection.
-    tokio::time::timeout(Duration::from_secs(10), accepted_rx.recv()).await.expect("A reached its provider");
-    let b = tokio::time::timeout(Duration::from_secs(10), c.call("TokenService/GetToken", get_token_req("acme", "free")))
+    tokio::time::timeout(Duration::from_secs(10), accepted_rx.recv())
         .await
-        .expect("B must not wait for A")
-        .expect("B succeeds");
+        .expect("A reached its provider");
+    let b = tokio::time::timeout(
+        Duration::from_secs(10),
+        c.call("TokenService/GetToken", get_token_req("acme", "free")),
+    )
+    .await
+    .expect("B must not wait for A")
+    .expect("B succeeds");
     assert_eq!(b["access_token"], "tok-b");
     assert!(!a.is_finished(), "A is still held by its provider");
     a.abort();

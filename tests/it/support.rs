@@ -1,11 +1,6 @@
 //! The harness: start `tokenvend`, talk to it through reflection, plant and find secrets.
 
-use std::{
-    collections::HashSet,
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::{collections::HashSet, path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::{Buf, BufMut, Bytes};
@@ -31,7 +26,6 @@ pub struct Server {
     pub proc: Proc,
     pub grpc: String,
     pub http: String,
-    pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -90,21 +84,18 @@ impl Server {
             grpc: field("grpc")?,
             http: field("http")?,
             proc,
-            data_dir,
             _tmp: tmp,
         })
     }
 
     pub async fn client(&self) -> Client {
-        Client::connect(&self.grpc, Some(ADMIN_KEY)).await.expect("connect")
+        Client::connect(&self.grpc, Some(ADMIN_KEY))
+            .await
+            .expect("connect")
     }
 
     pub fn output(&self) -> String {
         self.proc.output()
-    }
-
-    pub fn data_dir(&self) -> &Path {
-        &self.data_dir
     }
 }
 
@@ -174,12 +165,21 @@ impl Client {
     }
 
     pub fn services(&self) -> Vec<String> {
-        self.pool.services().map(|s| s.full_name().to_owned()).collect()
+        self.pool
+            .services()
+            .map(|s| s.full_name().to_owned())
+            .collect()
     }
 
     fn method(&self, name: &str) -> Result<MethodDescriptor> {
-        let (svc, m) = name.rsplit_once('/').context("method must be Service/Method")?;
-        let svc = if svc.contains('.') { svc.to_owned() } else { format!("tokenvend.v1.{svc}") };
+        let (svc, m) = name
+            .rsplit_once('/')
+            .context("method must be Service/Method")?;
+        let svc = if svc.contains('.') {
+            svc.to_owned()
+        } else {
+            format!("tokenvend.v1.{svc}")
+        };
         self.pool
             .get_service_by_name(&svc)
             .with_context(|| format!("no service {svc} via reflection"))?
@@ -193,28 +193,45 @@ impl Client {
         self.call_opts(method, req, CallOpts::default()).await
     }
 
-    pub async fn call_opts(&self, method: &str, req: Value, opts: CallOpts) -> Result<Value, Status> {
-        let m = self.method(method).map_err(|e| Status::internal(e.to_string()))?;
+    pub async fn call_opts(
+        &self,
+        method: &str,
+        req: Value,
+        opts: CallOpts,
+    ) -> Result<Value, Status> {
+        let m = self
+            .method(method)
+            .map_err(|e| Status::internal(e.to_string()))?;
         let msg = DynamicMessage::deserialize(m.input(), req)
             .map_err(|e| Status::internal(format!("bad test request: {e}")))?;
         let mut request = tonic::Request::new(Bytes::from(msg.encode_to_vec()));
-        let key = if opts.no_key { None } else { opts.key.clone().or_else(|| self.key.clone()) };
+        let key = if opts.no_key {
+            None
+        } else {
+            opts.key.clone().or_else(|| self.key.clone())
+        };
         if let Some(k) = key {
-            request
-                .metadata_mut()
-                .insert("authorization", MetadataValue::try_from(format!("Bearer {k}")).unwrap());
+            request.metadata_mut().insert(
+                "authorization",
+                MetadataValue::try_from(format!("Bearer {k}")).unwrap(),
+            );
         }
         if let Some(t) = opts.timeout {
             request.set_timeout(t);
         }
-        let path = PathAndQuery::try_from(format!("/{}/{}", m.parent_service().full_name(), m.name()))
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let path =
+            PathAndQuery::try_from(format!("/{}/{}", m.parent_service().full_name(), m.name()))
+                .map_err(|e| Status::internal(e.to_string()))?;
         let mut grpc = tonic::client::Grpc::new(self.channel.clone());
-        grpc.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        grpc.ready()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         let resp = grpc.unary(request, path, RawCodec).await?;
         let out = DynamicMessage::decode(m.output(), resp.into_inner())
             .map_err(|e| Status::internal(format!("undecodable response: {e}")))?;
-        let opts = SerializeOptions::new().use_proto_field_name(true).skip_default_fields(false);
+        let opts = SerializeOptions::new()
+            .use_proto_field_name(true)
+            .skip_default_fields(false);
         Ok(out
             .serialize_with_options(serde_json::value::Serializer, &opts)
             .expect("serialize response"))
@@ -224,9 +241,14 @@ impl Client {
 /// Every file the server's services are defined in, with dependencies, via reflection v1.
 async fn fetch_descriptors(channel: Channel) -> Result<DescriptorPool> {
     let mut client = ServerReflectionClient::new(channel);
-    let req = |m: MessageRequest| ServerReflectionRequest { host: String::new(), message_request: Some(m) };
+    let req = |m: MessageRequest| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(m),
+    };
     let resp = client
-        .server_reflection_info(futures::stream::iter(vec![req(MessageRequest::ListServices(String::new()))]))
+        .server_reflection_info(futures::stream::iter(vec![req(
+            MessageRequest::ListServices(String::new()),
+        )]))
         .await?
         .into_inner()
         .message()
@@ -236,12 +258,19 @@ async fn fetch_descriptors(channel: Channel) -> Result<DescriptorPool> {
         bail!("unexpected reflection answer");
     };
     // Like grpcurl: the file of each service, then every dependency by file name.
-    let mut asks: Vec<MessageRequest> = list.service.into_iter().map(|s| MessageRequest::FileContainingSymbol(s.name)).collect();
+    let mut asks: Vec<MessageRequest> = list
+        .service
+        .into_iter()
+        .map(|s| MessageRequest::FileContainingSymbol(s.name))
+        .collect();
     let mut seen = HashSet::new();
     let mut files = Vec::new();
     while !asks.is_empty() {
         let batch: Vec<_> = asks.drain(..).map(req).collect();
-        let mut stream = client.server_reflection_info(futures::stream::iter(batch)).await?.into_inner();
+        let mut stream = client
+            .server_reflection_info(futures::stream::iter(batch))
+            .await?
+            .into_inner();
         while let Some(r) = stream.message().await? {
             match r.message_response {
                 Some(MessageResponse::FileDescriptorResponse(fd)) => {
@@ -252,13 +281,19 @@ async fn fetch_descriptors(channel: Channel) -> Result<DescriptorPool> {
                         }
                     }
                 }
-                Some(MessageResponse::ErrorResponse(e)) => bail!("reflection error: {}", e.error_message),
+                Some(MessageResponse::ErrorResponse(e)) => {
+                    bail!("reflection error: {}", e.error_message)
+                }
                 _ => {}
             }
         }
         for f in &files {
             for dep in &f.dependency {
-                if !seen.contains(dep) && !asks.iter().any(|a| matches!(a, MessageRequest::FileByFilename(n) if n == dep)) {
+                if !seen.contains(dep)
+                    && !asks
+                        .iter()
+                        .any(|a| matches!(a, MessageRequest::FileByFilename(n) if n == dep))
+                {
                     asks.push(MessageRequest::FileByFilename(dep.clone()));
                 }
             }
@@ -276,7 +311,10 @@ async fn fetch_descriptors(channel: Channel) -> Result<DescriptorPool> {
             }
         }
         if rest.len() == before {
-            return Err(anyhow!("unresolvable descriptors: {:?}", rest.iter().map(|f| f.name()).collect::<Vec<_>>()));
+            return Err(anyhow!(
+                "unresolvable descriptors: {:?}",
+                rest.iter().map(|f| f.name()).collect::<Vec<_>>()
+            ));
         }
         pending = rest;
     }
@@ -295,8 +333,20 @@ pub fn retry_info(s: &Status) -> Option<Duration> {
 }
 
 /// Creates a tenant and a generic client-credentials connection to `token_url`.
-pub async fn setup_connection(c: &Client, tenant: &str, provider: &str, token_url: &str, secret: &str, extra: Value) -> Value {
-    let _ = c.call("AdminService/CreateTenant", serde_json::json!({"tenant": tenant, "display_name": tenant})).await;
+pub async fn setup_connection(
+    c: &Client,
+    tenant: &str,
+    provider: &str,
+    token_url: &str,
+    secret: &str,
+    extra: Value,
+) -> Value {
+    let _ = c
+        .call(
+            "AdminService/CreateTenant",
+            serde_json::json!({"tenant": tenant, "display_name": tenant}),
+        )
+        .await;
     let mut req = serde_json::json!({
         "tenant": tenant,
         "provider": provider,
@@ -307,7 +357,9 @@ pub async fn setup_connection(c: &Client, tenant: &str, provider: &str, token_ur
     if let (Some(r), Some(e)) = (req.as_object_mut(), extra.as_object()) {
         r.extend(e.clone());
     }
-    c.call("AdminService/PutConnection", req).await.expect("PutConnection")
+    c.call("AdminService/PutConnection", req)
+        .await
+        .expect("PutConnection")
 }
 
 pub fn get_token_req(tenant: &str, provider: &str) -> Value {

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::{
     cache::TokenCache,
     clock::Clock,
-    connection::{ConnectionSettings, EndpointPolicy, Effective},
+    connection::{ConnectionSettings, Effective, EndpointPolicy},
     crypto::Envelope,
     error::{Error, InvalidInput, Result},
     ids::{ConnectionKey, TenantId},
@@ -41,7 +41,9 @@ impl PageRequest {
             None
         } else {
             let bad = || InvalidInput::new("page_token", "is not a token from a previous page");
-            let bytes = URL_SAFE_NO_PAD.decode(&self.page_token).map_err(|_| bad())?;
+            let bytes = URL_SAFE_NO_PAD
+                .decode(&self.page_token)
+                .map_err(|_| bad())?;
             let s = String::from_utf8(bytes).map_err(|_| bad())?;
             Some(s.strip_prefix("v1:").ok_or_else(bad)?.to_owned())
         };
@@ -99,7 +101,11 @@ impl Admin {
         }
     }
 
-    pub async fn create_tenant(&self, slug: TenantId, display_name: String) -> Result<TenantRecord> {
+    pub async fn create_tenant(
+        &self,
+        slug: TenantId,
+        display_name: String,
+    ) -> Result<TenantRecord> {
         if display_name.chars().count() > 200 || display_name.chars().any(char::is_control) {
             return Err(InvalidInput::new(
                 "display_name",
@@ -180,10 +186,10 @@ impl Admin {
             .into());
         }
         for (field, value) in [("client_secret", &new_secret), ("api_key", &new_api_key)] {
-            if let Some(v) = value {
-                if v.expose_secret().len() > 4096 {
-                    return Err(InvalidInput::new(field, "must be at most 4096 bytes").into());
-                }
+            if let Some(v) = value
+                && v.expose_secret().len() > 4096
+            {
+                return Err(InvalidInput::new(field, "must be at most 4096 bytes").into());
             }
         }
 
@@ -212,7 +218,11 @@ impl Admin {
                     fingerprint(id, k),
                 ),
                 _ => match &existing {
-                    Some(c) => (c.client_secret.clone(), c.api_key.clone(), c.secret_fingerprint.clone()),
+                    Some(c) => (
+                        c.client_secret.clone(),
+                        c.api_key.clone(),
+                        c.secret_fingerprint.clone(),
+                    ),
                     None => (None, None, String::new()),
                 },
             };
@@ -265,7 +275,12 @@ impl Admin {
         Err(StoreError::Database("connection kept changing concurrently; try again".into()).into())
     }
 
-    async fn encrypt_secret(&self, id: Uuid, column: &'static str, s: &SecretString) -> Result<Vec<u8>> {
+    async fn encrypt_secret(
+        &self,
+        id: Uuid,
+        column: &'static str,
+        s: &SecretString,
+    ) -> Result<Vec<u8>> {
         Ok(self
             .envelope
             .encrypt(connection_aad(id, column), s.expose_secret().as_bytes())
@@ -327,13 +342,19 @@ impl Admin {
             .map_err(|e| StoreError::Database(format!("connection {} settings: {e}", record.id)))?;
         // Stored settings were valid when written; show them even if the policy changed since.
         let effective = settings
-            .resolve(EndpointPolicy { allow_insecure: true })
+            .resolve(EndpointPolicy {
+                allow_insecure: true,
+            })
             .map_err(|e| StoreError::Database(format!("connection {} settings: {e}", record.id)))?;
         Ok(view(record, settings, effective))
     }
 }
 
-fn view(record: ConnectionRecord, settings: ConnectionSettings, effective: Effective) -> ConnectionView {
+fn view(
+    record: ConnectionRecord,
+    settings: ConnectionSettings,
+    effective: Effective,
+) -> ConnectionView {
     let credential_kind = if record.api_key.is_some() {
         "api_key"
     } else if record.client_secret.is_some() {
@@ -355,5 +376,8 @@ fn fingerprint(id: Uuid, secret: &SecretString) -> String {
     let mut h = Sha256::new();
     h.update(id.as_bytes());
     h.update(secret.expose_secret().as_bytes());
-    h.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect()
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

@@ -139,16 +139,30 @@ mod tests {
         let cache = TokenCache::new();
         let k = key("p");
         let e = cache.epoch(&k.connection());
-        assert!(cache.insert_if_current(k.clone(), token(clock.now() + time::Duration::seconds(120)), e));
+        assert!(cache.insert_if_current(
+            k.clone(),
+            token(clock.now() + time::Duration::seconds(120)),
+            e
+        ));
         let min_ttl = Duration::from_secs(60);
         assert!(cache.get(&k).unwrap().valid_for(clock.now(), min_ttl));
         clock.advance(time::Duration::seconds(60));
         assert!(cache.get(&k).unwrap().valid_for(clock.now(), min_ttl)); // exactly 60 s left
         clock.advance(time::Duration::seconds(1));
         assert!(!cache.get(&k).unwrap().valid_for(clock.now(), min_ttl));
-        assert!(cache.get(&k).unwrap().valid_for(clock.now(), Duration::ZERO));
+        assert!(
+            cache
+                .get(&k)
+                .unwrap()
+                .valid_for(clock.now(), Duration::ZERO)
+        );
         clock.advance(time::Duration::seconds(60));
-        assert!(!cache.get(&k).unwrap().valid_for(clock.now(), Duration::ZERO));
+        assert!(
+            !cache
+                .get(&k)
+                .unwrap()
+                .valid_for(clock.now(), Duration::ZERO)
+        );
     }
 
     #[test]
@@ -161,7 +175,10 @@ mod tests {
         cache.insert_if_current(b.clone(), token(exp), cache.epoch(&b.connection()));
         cache.retire_connection(&a.connection());
         assert!(cache.get(&a).is_none());
-        assert!(cache.get(&b).is_some(), "other connections keep their tokens");
+        assert!(
+            cache.get(&b).is_some(),
+            "other connections keep their tokens"
+        );
         // a fetch that read settings before the change cannot insert its token
         assert!(!cache.insert_if_current(a.clone(), token(exp), ea));
         assert!(cache.get(&a).is_none());

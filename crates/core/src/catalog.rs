@@ -61,8 +61,7 @@ pub fn find(name: &str) -> Result<&'static Template, InvalidInput> {
 fn valid_param_value(v: &str) -> bool {
     !v.is_empty()
         && v.len() <= 63
-        && v
-            .bytes()
+        && v.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
@@ -80,7 +79,11 @@ impl Template {
                     format!(
                         "template {:?} has no parameter {k:?} (it takes: {})",
                         self.name,
-                        if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
                     ),
                 ));
             };
@@ -97,10 +100,17 @@ impl Template {
                 ));
             }
         }
-        if let Some(p) = self.params.iter().find(|p| p.required && !given.contains_key(p.name)) {
+        if let Some(p) = self
+            .params
+            .iter()
+            .find(|p| p.required && !given.contains_key(p.name))
+        {
             return Err(InvalidInput::new(
                 "template_params",
-                format!("template {:?} requires parameter {:?} ({})", self.name, p.name, p.description),
+                format!(
+                    "template {:?} requires parameter {:?} ({})",
+                    self.name, p.name, p.description
+                ),
             ));
         }
         Ok(given)

@@ -176,17 +176,17 @@ impl ConnectionSettings {
         let token_url = pick(
             "token_url",
             &self.token_url,
-            template.token_url.map(|t| catalog::expand(t, &params)),
+            template.token_url.map(|t| catalog::expand(t, params)),
         )?;
         let authorize_url = pick(
             "authorize_url",
             &self.authorize_url,
-            template.authorize_url.map(|t| catalog::expand(t, &params)),
+            template.authorize_url.map(|t| catalog::expand(t, params)),
         )?;
         let revocation_url = pick(
             "revocation_url",
             &self.revocation_url,
-            template.revocation_url.map(|t| catalog::expand(t, &params)),
+            template.revocation_url.map(|t| catalog::expand(t, params)),
         )?;
         if !self.redirect_uri.is_empty() {
             // Browsers are sent here, never credentials: any http(s) URL the operator owns.
@@ -198,10 +198,15 @@ impl ConnectionSettings {
             }
         }
         for s in &self.scopes {
-            if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '\\') {
+            if s.is_empty()
+                || s.chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '\\')
+            {
                 return Err(InvalidInput::new(
                     "scopes",
-                    format!("{s:?} is not a valid scope token (RFC 6749 §3.3: no spaces, quotes or backslashes)"),
+                    format!(
+                        "{s:?} is not a valid scope token (RFC 6749 §3.3: no spaces, quotes or backslashes)"
+                    ),
                 ));
             }
         }
@@ -279,7 +284,11 @@ mod tests {
 
     #[test]
     fn endpoint_policy() {
-        assert!(strict().check("token_url", "https://auth.example.com/oauth/token").is_ok());
+        assert!(
+            strict()
+                .check("token_url", "https://auth.example.com/oauth/token")
+                .is_ok()
+        );
         for bad in [
             "http://auth.example.com/token",
             "https://127.0.0.1/token",
@@ -302,9 +311,15 @@ mod tests {
         let dev = EndpointPolicy {
             allow_insecure: true,
         };
-        assert!(dev.check("token_url", "http://127.0.0.1:9999/token").is_ok());
+        assert!(
+            dev.check("token_url", "http://127.0.0.1:9999/token")
+                .is_ok()
+        );
         // credentials in the URL are refused even in development
-        assert!(dev.check("token_url", "http://u:p@127.0.0.1/token").is_err());
+        assert!(
+            dev.check("token_url", "http://u:p@127.0.0.1/token")
+                .is_err()
+        );
     }
 
     #[test]
@@ -318,14 +333,20 @@ mod tests {
         };
         let e = s.resolve(strict()).unwrap();
         assert_eq!(e.client_auth, ClientAuth::Basic);
-        assert_eq!(e.token_url.unwrap().as_str(), "https://auth.example.com/token");
+        assert_eq!(
+            e.token_url.unwrap().as_str(),
+            "https://auth.example.com/token"
+        );
         assert_eq!(e.default_expires_in, Duration::from_secs(3600));
 
         let reserved = ConnectionSettings {
             extra_params: [("client_secret".to_owned(), "x".to_owned())].into(),
             ..s.clone()
         };
-        assert_eq!(reserved.resolve(strict()).unwrap_err().field, "extra_params");
+        assert_eq!(
+            reserved.resolve(strict()).unwrap_err().field,
+            "extra_params"
+        );
         let bad_scope = ConnectionSettings {
             scopes: vec!["a b".into()],
             ..s.clone()

@@ -32,21 +32,27 @@ pub enum Error {
     ConnectionNotFound { tenant: String, provider: String },
     #[error("tenant {0:?} already exists")]
     TenantExists(String),
-    #[error("no authorization-code grant for subject {subject:?} on connection {provider:?} of tenant {tenant:?}")]
+    #[error(
+        "no authorization-code grant for subject {subject:?} on connection {provider:?} of tenant {tenant:?}"
+    )]
     GrantNotFound {
         tenant: String,
         provider: String,
         subject: String,
     },
     /// A stored connection no longer passes validation (e.g. the endpoint policy changed).
-    #[error("connection {provider:?} of tenant {tenant:?} is not usable: {reason}; fix it with PutConnection")]
+    #[error(
+        "connection {provider:?} of tenant {tenant:?} is not usable: {reason}; fix it with PutConnection"
+    )]
     ConnectionInvalid {
         tenant: String,
         provider: String,
         reason: String,
     },
     /// The connection holds no credential that can obtain a token (e.g. no client secret).
-    #[error("connection {provider:?} of tenant {tenant:?} has no {missing}; set it with PutConnection")]
+    #[error(
+        "connection {provider:?} of tenant {tenant:?} has no {missing}; set it with PutConnection"
+    )]
     MissingCredential {
         tenant: String,
         provider: String,

@@ -15,6 +15,8 @@ use futures::{
 };
 
 type SharedResult<T, E> = Shared<BoxFuture<'static, Result<T, Arc<E>>>>;
+/// An in-flight fetch: its id (so a finished task removes only its own entry) and result.
+type InFlight<T, E> = (u64, SharedResult<T, E>);
 
 /// Why a wait ended without a value.
 #[derive(Debug)]
@@ -25,7 +27,7 @@ pub enum Waited<E> {
 }
 
 pub struct SingleFlight<K, T, E> {
-    inflight: Arc<DashMap<K, (u64, SharedResult<T, E>)>>,
+    inflight: Arc<DashMap<K, InFlight<T, E>>>,
     next_id: std::sync::atomic::AtomicU64,
 }
 
@@ -159,7 +161,8 @@ mod tests {
         let second = {
             let sf = sf.clone();
             tokio::spawn(async move {
-                sf.run("k", Duration::from_secs(30), || async { Ok(1) }).await
+                sf.run("k", Duration::from_secs(30), || async { Ok(1) })
+                    .await
             })
         };
         tokio::task::yield_now().await;
@@ -192,7 +195,8 @@ mod tests {
         let patient = {
             let sf = sf.clone();
             tokio::spawn(async move {
-                sf.run("k", Duration::from_secs(60), || async { Ok(99) }).await
+                sf.run("k", Duration::from_secs(60), || async { Ok(99) })
+                    .await
             })
         };
         tokio::task::yield_now().await;

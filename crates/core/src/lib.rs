@@ -14,6 +14,8 @@ pub mod flight;
 pub mod ids;
 pub mod oauth;
 pub mod store;
+#[cfg(feature = "test-util")]
+pub mod testing;
 pub mod vend;
 
 pub use error::{Error, InvalidInput, Result};

@@ -133,7 +133,8 @@ impl Vendor {
     ) -> Result<Arc<CachedToken>> {
         let inner = self.inner.clone();
         let task_key = key.clone();
-        let span = tracing::info_span!("fetch_token", tenant = %key.tenant, provider = %key.provider);
+        let span =
+            tracing::info_span!("fetch_token", tenant = %key.tenant, provider = %key.provider);
         let result = self
             .flights
             .run(key.clone(), left, move || {
@@ -213,32 +214,37 @@ async fn fetch(inner: &Inner, key: TokenKey, min_ttl: Duration) -> Result<Arc<Ca
 
     let settings: ConnectionSettings = serde_json::from_str(&conn.settings)
         .map_err(|e| StoreError::Database(format!("connection {} settings: {e}", conn.id)))?;
-    let effective = settings
-        .resolve(inner.config.policy)
-        .map_err(|e| Error::ConnectionInvalid {
-            tenant: key.tenant.to_string(),
-            provider: key.provider.to_string(),
-            reason: e.to_string(),
-        })?;
+    let effective =
+        settings
+            .resolve(inner.config.policy)
+            .map_err(|e| Error::ConnectionInvalid {
+                tenant: key.tenant.to_string(),
+                provider: key.provider.to_string(),
+                reason: e.to_string(),
+            })?;
 
     let now = inner.clock.now();
-    if let Some(stored) = inner.store.load_token(conn.id, key.subject.as_str()).await? {
-        if stored.connection_version == conn.version && stored.expires_at - now >= min_ttl {
-            let access_token = inner
-                .envelope
-                .decrypt_string(token_aad(&conn, &key), &stored.access_token)
-                .await?;
-            let token = Arc::new(CachedToken {
-                access_token,
-                expires_at: Some(stored.expires_at),
-                scopes: stored.scopes,
-                issued_lifetime: (stored.expires_at - stored.fetched_at).try_into().ok(),
-                fresh_from_provider: false,
-            });
-            inner.cache.insert_if_current(key, token.clone(), epoch);
-            tracing::debug!("token loaded from the shared store");
-            return Ok(token);
-        }
+    if let Some(stored) = inner
+        .store
+        .load_token(conn.id, key.subject.as_str())
+        .await?
+        && stored.connection_version == conn.version
+        && stored.expires_at - now >= min_ttl
+    {
+        let access_token = inner
+            .envelope
+            .decrypt_string(token_aad(&conn, &key), &stored.access_token)
+            .await?;
+        let token = Arc::new(CachedToken {
+            access_token,
+            expires_at: Some(stored.expires_at),
+            scopes: stored.scopes,
+            issued_lifetime: (stored.expires_at - stored.fetched_at).try_into().ok(),
+            fresh_from_provider: false,
+        });
+        inner.cache.insert_if_current(key, token.clone(), epoch);
+        tracing::debug!("token loaded from the shared store");
+        return Ok(token);
     }
 
     let missing = |what| Error::MissingCredential {
@@ -246,8 +252,14 @@ async fn fetch(inner: &Inner, key: TokenKey, min_ttl: Duration) -> Result<Arc<Ca
         provider: key.provider.to_string(),
         missing: what,
     };
-    let token_url = effective.token_url.as_ref().ok_or_else(|| missing("token_url"))?;
-    let secret_ct = conn.client_secret.as_ref().ok_or_else(|| missing("client_secret"))?;
+    let token_url = effective
+        .token_url
+        .as_ref()
+        .ok_or_else(|| missing("token_url"))?;
+    let secret_ct = conn
+        .client_secret
+        .as_ref()
+        .ok_or_else(|| missing("client_secret"))?;
     let client_secret: SecretString = inner
         .envelope
         .decrypt_string(connection_aad(conn.id, "client_secret"), secret_ct)
@@ -281,7 +293,10 @@ async fn fetch(inner: &Inner, key: TokenKey, min_ttl: Duration) -> Result<Arc<Ca
         connection_id: conn.id,
         subject: key.subject.as_str().to_owned(),
         connection_version: conn.version,
-        access_token: inner.envelope.encrypt(token_aad(&conn, &key), plaintext).await?,
+        access_token: inner
+            .envelope
+            .encrypt(token_aad(&conn, &key), plaintext)
+            .await?,
         token_sha256: Sha256::digest(plaintext).to_vec(),
         scopes: response.scopes.clone(),
         expires_at,
@@ -299,7 +314,10 @@ async fn fetch(inner: &Inner, key: TokenKey, min_ttl: Duration) -> Result<Arc<Ca
         fresh_from_provider: true,
     });
     inner.cache.insert_if_current(key, token.clone(), epoch);
-    tracing::info!(expires_in = response.expires_in.as_secs(), "fetched a token from the provider");
+    tracing::info!(
+        expires_in = response.expires_in.as_secs(),
+        "fetched a token from the provider"
+    );
     Ok(token)
 }
 
@@ -334,5 +352,60 @@ fn token_aad<'a>(conn: &ConnectionRecord, key: &'a TokenKey) -> Aad<'a> {
         column: "access_token",
         row: conn.id,
         qualifier: key.subject.as_str(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use futures::FutureExt;
+    use secrecy::{ExposeSecret, SecretString};
+    use time::macros::datetime;
+
+    use crate::{
+        cache::CachedToken,
+        clock::{Clock, ManualClock},
+        error::Error,
+        ids::{ProviderId, Subject, TenantId, TokenKey},
+        testing::warm_vendor,
+    };
+
+    #[test]
+    fn a_hit_answers_without_awaiting_or_touching_the_store() {
+        let key = TokenKey {
+            tenant: TenantId::parse("acme").unwrap(),
+            provider: ProviderId::parse("p").unwrap(),
+            subject: Subject::client(),
+        };
+        let clock = ManualClock::new(datetime!(2026-01-01 0:00 UTC));
+        let token = Arc::new(CachedToken {
+            access_token: SecretString::from("t"),
+            expires_at: Some(clock.now() + time::Duration::seconds(100)),
+            scopes: vec![],
+            issued_lifetime: Some(std::time::Duration::from_secs(100)),
+            fresh_from_provider: true,
+        });
+        let vendor = warm_vendor(&key, token, Arc::new(clock.clone()));
+        // Polled once: Ready. The store behind it panics on any use.
+        let got = vendor
+            .get_token(key.clone(), None, None)
+            .now_or_never()
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.access_token.expose_secret(), "t");
+        // A min_ttl beyond the provider's whole token lifetime: refused without a fetch.
+        let err = vendor
+            .get_token(key.clone(), Some(std::time::Duration::from_secs(200)), None)
+            .now_or_never()
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            Error::MinTtlUnsatisfiable {
+                requested_secs: 200,
+                lifetime_secs: 100
+            }
+        ));
     }
 }

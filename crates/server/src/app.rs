@@ -72,7 +72,9 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 pub async fn serve(args: ServeArgs) -> Result<()> {
     if let Some(k) = &args.bootstrap_admin_key {
         if k.len() < MIN_BOOTSTRAP_KEY_LEN {
-            bail!("TOKENVEND_BOOTSTRAP_ADMIN_KEY must be at least {MIN_BOOTSTRAP_KEY_LEN} characters");
+            bail!(
+                "TOKENVEND_BOOTSTRAP_ADMIN_KEY must be at least {MIN_BOOTSTRAP_KEY_LEN} characters"
+            );
         }
     } else {
         tracing::warn!(
@@ -81,7 +83,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         );
     }
     if args.allow_insecure_endpoints {
-        tracing::warn!("TOKENVEND_ALLOW_INSECURE_ENDPOINTS=true: http:// and internal provider URLs are allowed (development only)");
+        tracing::warn!(
+            "TOKENVEND_ALLOW_INSECURE_ENDPOINTS=true: http:// and internal provider URLs are allowed (development only)"
+        );
     }
     let ring = load_key_ring(&args.db)?;
     let store = tokenvend_store::open(&args.db.url(), true)
@@ -140,12 +144,21 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     tokio::spawn(wait_for_signal(shutdown.clone()));
 
     let grpc = tonic::transport::Server::builder()
-        .add_service(TokenServiceServer::with_interceptor(TokenApi::new(vendor), auth.clone()))
-        .add_service(AdminServiceServer::with_interceptor(AdminApi::new(admin), auth))
+        .add_service(TokenServiceServer::with_interceptor(
+            TokenApi::new(vendor),
+            auth.clone(),
+        ))
+        .add_service(AdminServiceServer::with_interceptor(
+            AdminApi::new(admin),
+            auth,
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), shutdown.clone().cancelled_owned());
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(grpc_listener),
+            shutdown.clone().cancelled_owned(),
+        );
     let http = axum::serve(http_listener, crate::http::router(store))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
 

@@ -75,7 +75,14 @@ mod tests {
     fn checks_keys() {
         let auth = ApiKeyAuth::new(Some("correct-horse-battery"));
         assert!(auth.check(Some("Bearer correct-horse-battery")).is_ok());
-        for bad in [None, Some(""), Some("correct-horse-battery"), Some("Bearer "), Some("Bearer wrong"), Some("Basic x")] {
+        for bad in [
+            None,
+            Some(""),
+            Some("correct-horse-battery"),
+            Some("Bearer "),
+            Some("Bearer wrong"),
+            Some("Basic x"),
+        ] {
             let err = auth.check(bad).unwrap_err();
             assert_eq!(err.code(), tonic::Code::Unauthenticated, "{bad:?}");
             assert!(!err.message().contains("correct-horse"), "{bad:?}");

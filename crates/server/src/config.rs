@@ -6,7 +6,11 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "tokenvend", version, about = "Multi-tenant OAuth 2.0 token-vending service")]
+#[command(
+    name = "tokenvend",
+    version,
+    about = "Multi-tenant OAuth 2.0 token-vending service"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -15,7 +19,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Runs the gRPC service and the HTTP side port.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Brings the database schema up to date and exits (serve also does this at start-up).
     Migrate(DbArgs),
     /// Prints a new master key entry for TOKENVEND_MASTER_KEYS (`id:<base64>`).
@@ -89,7 +93,12 @@ pub struct ServeArgs {
     #[arg(long, env = "TOKENVEND_PROVIDER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub provider_timeout: Duration,
     /// Log format: human (default) or json (one object per line).
-    #[arg(long, env = "TOKENVEND_LOG_FORMAT", value_enum, default_value = "human")]
+    #[arg(
+        long,
+        env = "TOKENVEND_LOG_FORMAT",
+        value_enum,
+        default_value = "human"
+    )]
     pub log_format: LogFormat,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `tokenvend=debug`.
     #[arg(long, env = "TOKENVEND_LOG", default_value = "info")]
@@ -110,7 +119,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 500ms, 10s, 5m"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 10s, 5m"))?;
     Ok(match unit {
         "" | "s" => Duration::from_secs(n),
         "ms" => Duration::from_millis(n),

@@ -10,7 +10,7 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => match telemetry::init(args.log_format, &args.log) {
-            Ok(()) => app::serve(args).await,
+            Ok(()) => app::serve(*args).await,
             Err(e) => Err(e),
         },
         Command::Migrate(db) => match telemetry::init(LogFormat::Human, "info") {
@@ -22,7 +22,10 @@ async fn main() -> std::process::ExitCode {
                 let mut bytes = [0u8; 32];
                 rand::fill(&mut bytes);
                 use base64::Engine;
-                println!("tv_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes));
+                println!(
+                    "tv_{}",
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+                );
             } else {
                 println!("{}", *tokenvend_core::crypto::KeyRing::generate_entry(&id));
             }

@@ -36,24 +36,46 @@ pub fn to_status(err: &Error) -> Status {
     match err.root() {
         Error::InvalidInput(e) => {
             let mut details = ErrorDetails::with_bad_request_violation(e.field, e.reason.clone());
-            details.set_error_info("INVALID_ARGUMENT", DOMAIN, [("field".to_owned(), e.field.to_owned())]);
+            details.set_error_info(
+                "INVALID_ARGUMENT",
+                DOMAIN,
+                [("field".to_owned(), e.field.to_owned())],
+            );
             Status::with_error_details(Code::InvalidArgument, e.to_string(), details)
         }
-        e @ Error::TenantNotFound(_) => rich(Code::NotFound, e.to_string(), "TENANT_NOT_FOUND", none()),
-        e @ Error::ConnectionNotFound { .. } => {
-            rich(Code::NotFound, e.to_string(), "CONNECTION_NOT_FOUND", none())
+        e @ Error::TenantNotFound(_) => {
+            rich(Code::NotFound, e.to_string(), "TENANT_NOT_FOUND", none())
         }
-        e @ Error::GrantNotFound { .. } => rich(Code::NotFound, e.to_string(), "GRANT_NOT_FOUND", none()),
-        e @ Error::TenantExists(_) => rich(Code::AlreadyExists, e.to_string(), "ALREADY_EXISTS", none()),
-        e @ Error::MissingCredential { .. } => {
-            rich(Code::FailedPrecondition, e.to_string(), "MISSING_CREDENTIAL", none())
+        e @ Error::ConnectionNotFound { .. } => rich(
+            Code::NotFound,
+            e.to_string(),
+            "CONNECTION_NOT_FOUND",
+            none(),
+        ),
+        e @ Error::GrantNotFound { .. } => {
+            rich(Code::NotFound, e.to_string(), "GRANT_NOT_FOUND", none())
         }
-        e @ Error::ConnectionInvalid { .. } => {
-            rich(Code::FailedPrecondition, e.to_string(), "CONNECTION_INVALID", none())
+        e @ Error::TenantExists(_) => {
+            rich(Code::AlreadyExists, e.to_string(), "ALREADY_EXISTS", none())
         }
-        e @ Error::MinTtlUnsatisfiable { .. } => {
-            rich(Code::FailedPrecondition, e.to_string(), "MIN_TTL_UNSATISFIABLE", none())
-        }
+        e @ Error::MissingCredential { .. } => rich(
+            Code::FailedPrecondition,
+            e.to_string(),
+            "MISSING_CREDENTIAL",
+            none(),
+        ),
+        e @ Error::ConnectionInvalid { .. } => rich(
+            Code::FailedPrecondition,
+            e.to_string(),
+            "CONNECTION_INVALID",
+            none(),
+        ),
+        e @ Error::MinTtlUnsatisfiable { .. } => rich(
+            Code::FailedPrecondition,
+            e.to_string(),
+            "MIN_TTL_UNSATISFIABLE",
+            none(),
+        ),
         e @ Error::DeadlineExceeded(_) => Status::new(Code::DeadlineExceeded, e.to_string()),
         Error::Provider(p) => provider_status(p),
         Error::Store(s) => internal(err, s),
@@ -89,11 +111,15 @@ fn provider_status(p: &ProviderError) -> Status {
             "PROVIDER_REJECTED",
             HashMap::from([("http_status".to_owned(), status.to_string())]),
         ),
-        ProviderError::BadResponse { .. } => {
-            rich(Code::FailedPrecondition, message, "PROVIDER_BAD_RESPONSE", HashMap::new())
-        }
+        ProviderError::BadResponse { .. } => rich(
+            Code::FailedPrecondition,
+            message,
+            "PROVIDER_BAD_RESPONSE",
+            HashMap::new(),
+        ),
         ProviderError::Unavailable { retry_after, .. } => {
-            let mut details = ErrorDetails::with_retry_info(Some(retry_after.unwrap_or(Duration::from_secs(1))));
+            let mut details =
+                ErrorDetails::with_retry_info(Some(retry_after.unwrap_or(Duration::from_secs(1))));
             details.set_error_info("PROVIDER_UNAVAILABLE", DOMAIN, HashMap::new());
             Status::with_error_details(Code::Unavailable, message, details)
         }
@@ -102,7 +128,10 @@ fn provider_status(p: &ProviderError) -> Status {
 
 fn internal(err: &Error, s: &StoreError) -> Status {
     match s {
-        StoreError::Database(_) | StoreError::Conflict | StoreError::AlreadyExists | StoreError::MissingParent => {
+        StoreError::Database(_)
+        | StoreError::Conflict
+        | StoreError::AlreadyExists
+        | StoreError::MissingParent => {
             tracing::error!(error = %err, "storage failure");
             let mut details = ErrorDetails::with_retry_info(Some(Duration::from_secs(1)));
             details.set_error_info("STORAGE_UNAVAILABLE", DOMAIN, HashMap::new());

@@ -17,7 +17,12 @@ pub fn init(format: LogFormat, filter: &str) -> anyhow::Result<()> {
             )
             .try_init()?,
         LogFormat::Json => registry
-            .with(fmt::layer().json().flatten_event(true).with_current_span(true))
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true),
+            )
             .try_init()?,
     }
     Ok(())

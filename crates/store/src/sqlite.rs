@@ -128,12 +128,14 @@ const CONNECTION_COLUMNS: &str = "c.id, c.tenant_id, t.slug, c.provider, c.versi
 impl DataKeyStore for SqliteStore {
     async fn insert_data_key(&self, dek: &WrappedDek) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO data_keys (id, master_key_id, wrapped, created_at) VALUES (?, ?, ?, ?)",
+            // created_at is bookkeeping (which keys are old), not a freshness decision: the
+            // database's clock is fine.
+            "INSERT INTO data_keys (id, master_key_id, wrapped, created_at) \
+             VALUES (?, ?, ?, CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER))",
         )
         .bind(dek.id)
         .bind(&dek.master_key_id)
         .bind(&dek.wrapped)
-        .bind(micros(OffsetDateTime::now_utc()))
         .execute(&self.pool)
         .await
         .map_err(db_err)?;
@@ -160,7 +162,10 @@ impl DataKeyStore for SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(db_err)?;
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
         Ok(())
     }
 

@@ -79,7 +79,10 @@ impl PgCluster {
                 .status()?
                 .success();
             if !ok {
-                bail!("chown of {} to the postgres user failed (is there a postgres user?)", dir.display());
+                bail!(
+                    "chown of {} to the postgres user failed (is there a postgres user?)",
+                    dir.display()
+                );
             }
         }
         let cluster = PgCluster {
@@ -146,7 +149,14 @@ impl PgCluster {
     pub fn stop(&self) -> Result<()> {
         self.run(
             "pg_ctl",
-            &["-D", self.data_dir().to_str().unwrap(), "-m", "fast", "-w", "stop"],
+            &[
+                "-D",
+                self.data_dir().to_str().unwrap(),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
         )
     }
 
@@ -188,7 +198,10 @@ impl PgCluster {
              {stop} -D {data} -m immediate stop >/dev/null 2>&1; rm -rf {dir}",
             pid = std::process::id(),
             stop = if self.as_postgres {
-                format!("runuser -u postgres -- {}", self.bin.join("pg_ctl").display())
+                format!(
+                    "runuser -u postgres -- {}",
+                    self.bin.join("pg_ctl").display()
+                )
             } else {
                 self.bin.join("pg_ctl").display().to_string()
             },
@@ -218,7 +231,19 @@ impl PgCluster {
         );
         let out = self
             .command("psql")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+            ])
             .arg(format!("CREATE DATABASE {name}"))
             .stdin(Stdio::null())
             .output()

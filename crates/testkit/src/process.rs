@@ -108,7 +108,9 @@ impl Proc {
             // Exit closes the pipes, which wakes us; the timeout covers a process that
             // closed its streams early.
             let step = tokio::time::Instant::now() + Duration::from_millis(200);
-            if tokio::time::timeout_at(step.min(deadline), changed).await.is_err()
+            if tokio::time::timeout_at(step.min(deadline), changed)
+                .await
+                .is_err()
                 && tokio::time::Instant::now() >= deadline
             {
                 bail!("process did not exit within {timeout:?}");

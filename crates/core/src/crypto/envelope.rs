@@ -257,8 +257,7 @@ impl Envelope {
                 )
                 .map_err(|_| CryptoError::Decrypt)?,
         );
-        let cipher =
-            Arc::new(Aes256Gcm::new_from_slice(&key).map_err(|_| CryptoError::Malformed)?);
+        let cipher = Arc::new(Aes256Gcm::new_from_slice(&key).map_err(|_| CryptoError::Malformed)?);
         self.deks.insert(id, cipher.clone());
         Ok(cipher)
     }

@@ -40,7 +40,10 @@ impl KeyRing {
                 continue;
             }
             let (id, b64) = entry.split_once(':').ok_or_else(|| {
-                CryptoError::KeyRing(format!("entry {} is not of the form id:<base64 key>", i + 1))
+                CryptoError::KeyRing(format!(
+                    "entry {} is not of the form id:<base64 key>",
+                    i + 1
+                ))
             })?;
             let id_ok = !id.is_empty()
                 && id.len() <= 64
@@ -115,7 +118,12 @@ mod tests {
             assert!(KeyRing::parse(bad).is_err(), "{bad}");
         }
         let dup = format!("{},{}", *a, *a);
-        assert!(KeyRing::parse(&dup).unwrap_err().to_string().contains("twice"));
+        assert!(
+            KeyRing::parse(&dup)
+                .unwrap_err()
+                .to_string()
+                .contains("twice")
+        );
         // the error must not echo the key material
         let secretish = "k:c2VjcmV0LWtleS1tYXRlcmlhbA==";
         let err = KeyRing::parse(secretish).unwrap_err().to_string();

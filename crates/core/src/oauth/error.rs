@@ -13,10 +13,14 @@ pub enum ProviderError {
         description: Option<String>,
     },
     /// 401/403 without an OAuth error body (DepotFinity answers a bad request with 403).
-    #[error("the provider rejected the client credentials (HTTP {status}); check client_id and client_secret")]
+    #[error(
+        "the provider rejected the client credentials (HTTP {status}); check client_id and client_secret"
+    )]
     Rejected { status: u16 },
     /// Another 4xx without an OAuth error body: our request or the token URL is wrong.
-    #[error("the provider refused the token request with HTTP {status}; check token_url and the connection settings")]
+    #[error(
+        "the provider refused the token request with HTTP {status}; check token_url and the connection settings"
+    )]
     Refused { status: u16 },
     /// A 2xx (or redirect) that carries no usable token.
     #[error("the provider answered without a usable token: {reason}")]
@@ -78,7 +82,10 @@ mod tests {
 
     #[test]
     fn scrubs() {
-        assert_eq!(scrub("bad\nsecret hunter22 x", &["hunter22"]), "bad secret [redacted] x");
+        assert_eq!(
+            scrub("bad\nsecret hunter22 x", &["hunter22"]),
+            "bad secret [redacted] x"
+        );
         let long = format!("{}hunter2hunter2", "a".repeat(195));
         let s = scrub(&long, &["hunter2hunter2"]);
         assert!(!s.contains("hunt"), "{s}");

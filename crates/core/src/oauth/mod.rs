@@ -7,4 +7,6 @@ mod token_client;
 
 pub use error::ProviderError;
 pub use response::{TokenResponse, parse_token_response};
-pub use token_client::{ClientCredentials, Grant, TokenClient, TokenClientConfig, TokenRequest, basic_auth};
+pub use token_client::{
+    ClientCredentials, Grant, TokenClient, TokenClientConfig, TokenRequest, basic_auth,
+};

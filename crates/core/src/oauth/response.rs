@@ -41,26 +41,26 @@ pub fn parse_token_response(
     let json: Option<serde_json::Map<String, Value>> = serde_json::from_slice(body).ok();
 
     // An OAuth error body wins whatever the status (some providers send it with 200).
-    if let Some(obj) = &json {
-        if let Some(code) = obj.get("error").and_then(Value::as_str) {
-            let code = scrub(code, secrets);
-            let description = obj
-                .get("error_description")
-                .and_then(Value::as_str)
-                .map(|d| scrub(d, secrets))
-                .filter(|d| !d.is_empty());
-            if status >= 500 || status == 429 {
-                return Err(ProviderError::Unavailable {
-                    reason: format!("HTTP {status} ({code})"),
-                    retry_after: None,
-                });
-            }
-            return Err(ProviderError::OAuth {
-                status,
-                code,
-                description,
+    if let Some(obj) = &json
+        && let Some(code) = obj.get("error").and_then(Value::as_str)
+    {
+        let code = scrub(code, secrets);
+        let description = obj
+            .get("error_description")
+            .and_then(Value::as_str)
+            .map(|d| scrub(d, secrets))
+            .filter(|d| !d.is_empty());
+        if status >= 500 || status == 429 {
+            return Err(ProviderError::Unavailable {
+                reason: format!("HTTP {status} ({code})"),
+                retry_after: None,
             });
         }
+        return Err(ProviderError::OAuth {
+            status,
+            code,
+            description,
+        });
     }
 
     match status {
@@ -85,7 +85,10 @@ pub fn parse_token_response(
     let Some(obj) = json else {
         let ct = content_type.unwrap_or("no content type");
         return Err(ProviderError::BadResponse {
-            reason: format!("HTTP {status} with a body that is not a JSON object ({})", scrub(ct, &[])),
+            reason: format!(
+                "HTTP {status} with a body that is not a JSON object ({})",
+                scrub(ct, &[])
+            ),
         });
     };
 
@@ -189,18 +192,78 @@ mod tests {
     fn accepted_quirks() {
         // (case, body, expires_in, scopes)
         let cases: &[(&str, &str, u64, &[&str])] = &[
-            ("RFC example", r#"{"access_token":"t","token_type":"Bearer","expires_in":3600}"#, 3600, &["req"]),
-            ("eDRV: 24 h, scope string", r#"{"access_token":"t","expires_in":86400,"token_type":"Bearer","scope":"read:x write:y"}"#, 86400, &["read:x", "write:y"]),
-            ("Enode: lower-case bearer, empty scope", r#"{"access_token":"t","expires_in":3599,"scope":"","token_type":"bearer"}"#, 3599, &[]),
-            ("DepotFinity sample", r#"{"access_token":"eyJ0.eyJp.MJp","expires_in":3600,"token_type":"Bearer"}"#, 3600, &["req"]),
-            ("expires_in as string", r#"{"access_token":"t","token_type":"bearer","expires_in":"7200"}"#, 7200, &["req"]),
-            ("expires_in as float", r#"{"access_token":"t","token_type":"BEARER","expires_in":59.9}"#, 59, &["req"]),
-            ("expires_in missing: default", r#"{"access_token":"t","token_type":"Bearer"}"#, 3600, &["req"]),
-            ("expires_in null", r#"{"access_token":"t","expires_in":null}"#, 3600, &["req"]),
-            ("token_type missing", r#"{"access_token":"t","expires_in":10}"#, 10, &["req"]),
-            ("scope as array", r#"{"access_token":"t","expires_in":10,"scope":["a","b c"]}"#, 10, &["a", "b", "c"]),
-            ("unknown fields ignored", r#"{"access_token":"t","expires_in":10,"id_token":"x","ext":{"a":1}}"#, 10, &["req"]),
-            ("absurd lifetime clamped", r#"{"access_token":"t","expires_in":99999999999}"#, 366 * 86400, &["req"]),
+            (
+                "RFC example",
+                r#"{"access_token":"t","token_type":"Bearer","expires_in":3600}"#,
+                3600,
+                &["req"],
+            ),
+            (
+                "eDRV: 24 h, scope string",
+                r#"{"access_token":"t","expires_in":86400,"token_type":"Bearer","scope":"read:x write:y"}"#,
+                86400,
+                &["read:x", "write:y"],
+            ),
+            (
+                "Enode: lower-case bearer, empty scope",
+                r#"{"access_token":"t","expires_in":3599,"scope":"","token_type":"bearer"}"#,
+                3599,
+                &[],
+            ),
+            (
+                "DepotFinity sample",
+                r#"{"access_token":"eyJ0.eyJp.MJp","expires_in":3600,"token_type":"Bearer"}"#,
+                3600,
+                &["req"],
+            ),
+            (
+                "expires_in as string",
+                r#"{"access_token":"t","token_type":"bearer","expires_in":"7200"}"#,
+                7200,
+                &["req"],
+            ),
+            (
+                "expires_in as float",
+                r#"{"access_token":"t","token_type":"BEARER","expires_in":59.9}"#,
+                59,
+                &["req"],
+            ),
+            (
+                "expires_in missing: default",
+                r#"{"access_token":"t","token_type":"Bearer"}"#,
+                3600,
+                &["req"],
+            ),
+            (
+                "expires_in null",
+                r#"{"access_token":"t","expires_in":null}"#,
+                3600,
+                &["req"],
+            ),
+            (
+                "token_type missing",
+                r#"{"access_token":"t","expires_in":10}"#,
+                10,
+                &["req"],
+            ),
+            (
+                "scope as array",
+                r#"{"access_token":"t","expires_in":10,"scope":["a","b c"]}"#,
+                10,
+                &["a", "b", "c"],
+            ),
+            (
+                "unknown fields ignored",
+                r#"{"access_token":"t","expires_in":10,"id_token":"x","ext":{"a":1}}"#,
+                10,
+                &["req"],
+            ),
+            (
+                "absurd lifetime clamped",
+                r#"{"access_token":"t","expires_in":99999999999}"#,
+                366 * 86400,
+                &["req"],
+            ),
         ];
         for (case, body, exp, scopes) in cases {
             let r = parse(200, body).unwrap_or_else(|e| panic!("{case}: {e}"));
@@ -208,7 +271,11 @@ mod tests {
             assert_eq!(r.scopes, *scopes, "{case}");
             assert!(!r.access_token.expose_secret().is_empty(), "{case}");
         }
-        let r = parse(200, r#"{"access_token":"a","refresh_token":"r","expires_in":5}"#).unwrap();
+        let r = parse(
+            200,
+            r#"{"access_token":"a","refresh_token":"r","expires_in":5}"#,
+        )
+        .unwrap();
         assert_eq!(r.refresh_token.unwrap().expose_secret(), "r");
     }
 
@@ -216,39 +283,123 @@ mod tests {
     fn rejected_answers() {
         use ProviderError as P;
         let oauth = |r: Result<TokenResponse, ProviderError>| match r.unwrap_err() {
-            P::OAuth { status, code, description } => (status, code, description),
+            P::OAuth {
+                status,
+                code,
+                description,
+            } => (status, code, description),
             other => panic!("not an OAuth error: {other:?}"),
         };
         assert_eq!(
-            oauth(parse(400, r#"{"error":"invalid_client","error_description":"Client authentication failed"}"#)),
-            (400, "invalid_client".into(), Some("Client authentication failed".into()))
+            oauth(parse(
+                400,
+                r#"{"error":"invalid_client","error_description":"Client authentication failed"}"#
+            )),
+            (
+                400,
+                "invalid_client".into(),
+                Some("Client authentication failed".into())
+            )
         );
-        assert_eq!(oauth(parse(200, r#"{"error":"invalid_scope"}"#)), (200, "invalid_scope".into(), None));
+        assert_eq!(
+            oauth(parse(200, r#"{"error":"invalid_scope"}"#)),
+            (200, "invalid_scope".into(), None)
+        );
         // an echoed secret never comes back out
-        let (_, _, d) = oauth(parse(401, r#"{"error":"invalid_client","error_description":"bad secret s3cr3t-value"}"#));
+        let (_, _, d) = oauth(parse(
+            401,
+            r#"{"error":"invalid_client","error_description":"bad secret s3cr3t-value"}"#,
+        ));
         assert_eq!(d.unwrap(), "bad secret [redacted]");
 
-        let cases: &[(&str, u16, &str, fn(&P) -> bool)] = &[
-            ("DepotFinity 403, no body", 403, "", |e| matches!(e, P::Rejected { status: 403 })),
-            ("401 HTML", 401, "<html>nope</html>", |e| matches!(e, P::Rejected { status: 401 })),
-            ("404 HTML page", 404, "<html>not found</html>", |e| matches!(e, P::Refused { status: 404 })),
-            ("405 (missing trailing slash)", 405, "", |e| matches!(e, P::Refused { status: 405 })),
+        type Case = (&'static str, u16, &'static str, fn(&P) -> bool);
+        let cases: &[Case] = &[
+            ("DepotFinity 403, no body", 403, "", |e| {
+                matches!(e, P::Rejected { status: 403 })
+            }),
+            ("401 HTML", 401, "<html>nope</html>", |e| {
+                matches!(e, P::Rejected { status: 401 })
+            }),
+            ("404 HTML page", 404, "<html>not found</html>", |e| {
+                matches!(e, P::Refused { status: 404 })
+            }),
+            ("405 (missing trailing slash)", 405, "", |e| {
+                matches!(e, P::Refused { status: 405 })
+            }),
             ("500", 500, "<html>oops</html>", |e| e.is_transient()),
-            ("503 with error body", 503, r#"{"error":"temporarily_unavailable"}"#, |e| e.is_transient()),
+            (
+                "503 with error body",
+                503,
+                r#"{"error":"temporarily_unavailable"}"#,
+                |e| e.is_transient(),
+            ),
             ("429", 429, "", |e| e.is_transient()),
-            ("302 redirect", 302, "", |e| matches!(e, P::BadResponse { .. })),
-            ("200 HTML", 200, "<html>login</html>", |e| matches!(e, P::BadResponse { .. })),
-            ("200 JSON array", 200, "[1,2]", |e| matches!(e, P::BadResponse { .. })),
-            ("200 no access_token", 200, r#"{"token_type":"bearer"}"#, |e| matches!(e, P::BadResponse { .. })),
-            ("200 empty access_token", 200, r#"{"access_token":""}"#, |e| matches!(e, P::BadResponse { .. })),
-            ("200 numeric access_token", 200, r#"{"access_token":42}"#, |e| matches!(e, P::BadResponse { .. })),
-            ("token_type mac", 200, r#"{"access_token":"t","token_type":"mac"}"#, |e| matches!(e, P::BadResponse { .. })),
-            ("expires_in negative", 200, r#"{"access_token":"t","expires_in":-5}"#, |e| matches!(e, P::BadResponse { .. })),
-            ("expires_in zero", 200, r#"{"access_token":"t","expires_in":0}"#, |e| matches!(e, P::BadResponse { .. })),
-            ("expires_in garbage", 200, r#"{"access_token":"t","expires_in":"soon"}"#, |e| matches!(e, P::BadResponse { .. })),
-            ("expires_in object", 200, r#"{"access_token":"t","expires_in":{}}"#, |e| matches!(e, P::BadResponse { .. })),
-            ("scope number", 200, r#"{"access_token":"t","scope":5}"#, |e| matches!(e, P::BadResponse { .. })),
-            ("truncated JSON", 200, r#"{"access_token":"t""#, |e| matches!(e, P::BadResponse { .. })),
+            ("302 redirect", 302, "", |e| {
+                matches!(e, P::BadResponse { .. })
+            }),
+            ("200 HTML", 200, "<html>login</html>", |e| {
+                matches!(e, P::BadResponse { .. })
+            }),
+            ("200 JSON array", 200, "[1,2]", |e| {
+                matches!(e, P::BadResponse { .. })
+            }),
+            (
+                "200 no access_token",
+                200,
+                r#"{"token_type":"bearer"}"#,
+                |e| matches!(e, P::BadResponse { .. }),
+            ),
+            (
+                "200 empty access_token",
+                200,
+                r#"{"access_token":""}"#,
+                |e| matches!(e, P::BadResponse { .. }),
+            ),
+            (
+                "200 numeric access_token",
+                200,
+                r#"{"access_token":42}"#,
+                |e| matches!(e, P::BadResponse { .. }),
+            ),
+            (
+                "token_type mac",
+                200,
+                r#"{"access_token":"t","token_type":"mac"}"#,
+                |e| matches!(e, P::BadResponse { .. }),
+            ),
+            (
+                "expires_in negative",
+                200,
+                r#"{"access_token":"t","expires_in":-5}"#,
+                |e| matches!(e, P::BadResponse { .. }),
+            ),
+            (
+                "expires_in zero",
+                200,
+                r#"{"access_token":"t","expires_in":0}"#,
+                |e| matches!(e, P::BadResponse { .. }),
+            ),
+            (
+                "expires_in garbage",
+                200,
+                r#"{"access_token":"t","expires_in":"soon"}"#,
+                |e| matches!(e, P::BadResponse { .. }),
+            ),
+            (
+                "expires_in object",
+                200,
+                r#"{"access_token":"t","expires_in":{}}"#,
+                |e| matches!(e, P::BadResponse { .. }),
+            ),
+            (
+                "scope number",
+                200,
+                r#"{"access_token":"t","scope":5}"#,
+                |e| matches!(e, P::BadResponse { .. }),
+            ),
+            ("truncated JSON", 200, r#"{"access_token":"t""#, |e| {
+                matches!(e, P::BadResponse { .. })
+            }),
         ];
         for (case, status, body, check) in cases {
             let err = parse(*status, body).expect_err(case);

@@ -117,9 +117,16 @@ impl TokenClient {
         let mut attempt = 1;
         loop {
             match self.fetch_once(req).await {
-                Err(e) if e.is_transient() && req.grant.idempotent() && attempt < self.config.max_attempts => {
+                Err(e)
+                    if e.is_transient()
+                        && req.grant.idempotent()
+                        && attempt < self.config.max_attempts =>
+                {
                     let wait = match &e {
-                        ProviderError::Unavailable { retry_after: Some(ra), .. } => *ra,
+                        ProviderError::Unavailable {
+                            retry_after: Some(ra),
+                            ..
+                        } => *ra,
                         _ => jitter(backoff),
                     };
                     // A Retry-After beyond the budget is not worth waiting for here.
@@ -170,7 +177,10 @@ impl TokenClient {
         }
         let builder = builder.form(&form);
 
-        let mut resp = builder.send().await.map_err(|e| unavailable(&e, &self.config))?;
+        let mut resp = builder
+            .send()
+            .await
+            .map_err(|e| unavailable(&e, &self.config))?;
         let status = resp.status();
         let content_type = resp
             .headers()
@@ -185,7 +195,11 @@ impl TokenClient {
             .map(Duration::from_secs);
 
         let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| unavailable(&e, &self.config))? {
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| unavailable(&e, &self.config))?
+        {
             if body.len() + chunk.len() > MAX_BODY {
                 return Err(if status.is_success() {
                     ProviderError::BadResponse {
@@ -213,7 +227,10 @@ impl TokenClient {
             Err(ProviderError::Unavailable { reason, .. })
                 if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() =>
             {
-                Err(ProviderError::Unavailable { reason, retry_after })
+                Err(ProviderError::Unavailable {
+                    reason,
+                    retry_after,
+                })
             }
             other => other,
         }
@@ -227,7 +244,9 @@ fn unavailable(e: &reqwest::Error, config: &TokenClientConfig) -> ProviderError 
         format!("no answer within {:?}", config.request_timeout)
     } else if e.is_connect() {
         let refused = std::error::Error::source(e)
-            .map(|s| format!("{s:?}").contains("ConnectionRefused") || s.to_string().contains("refused"))
+            .map(|s| {
+                format!("{s:?}").contains("ConnectionRefused") || s.to_string().contains("refused")
+            })
             .unwrap_or(false);
         if refused {
             "connection refused".to_owned()
@@ -277,7 +296,10 @@ mod tests {
 
     #[test]
     fn basic_auth_encodes_per_rfc6749() {
-        assert_eq!(basic_auth("id", "s&ecret").expose_secret(), "Basic aWQ6cyUyNmVjcmV0");
+        assert_eq!(
+            basic_auth("id", "s&ecret").expose_secret(),
+            "Basic aWQ6cyUyNmVjcmV0"
+        );
         // ':' in the id must not split it; spaces become '+'
         let h = basic_auth("a:b", "c d");
         let raw = STANDARD

@@ -10,10 +10,10 @@ use tokenvend_core::{
     store::TenantRecord,
 };
 use tokenvend_proto::v1::{
-    self as pb, admin_service_server::AdminService, CreateTenantRequest, DeleteConnectionRequest,
-    DeleteConnectionResponse, DeleteTenantRequest, DeleteTenantResponse, GetConnectionRequest,
-    GetTenantRequest, ListConnectionsRequest, ListConnectionsResponse, ListTenantsRequest,
-    ListTenantsResponse, PutConnectionRequest,
+    self as pb, CreateTenantRequest, DeleteConnectionRequest, DeleteConnectionResponse,
+    DeleteTenantRequest, DeleteTenantResponse, GetConnectionRequest, GetTenantRequest,
+    ListConnectionsRequest, ListConnectionsResponse, ListTenantsRequest, ListTenantsResponse,
+    PutConnectionRequest, admin_service_server::AdminService,
 };
 use tonic::{Request, Response, Status};
 
@@ -83,7 +83,11 @@ fn connection_pb(v: ConnectionView) -> pb::Connection {
     pb::Connection {
         tenant: record.tenant.to_string(),
         provider: record.provider.to_string(),
-        template: if template.is_empty() { "generic".to_owned() } else { template },
+        template: if template.is_empty() {
+            "generic".to_owned()
+        } else {
+            template
+        },
         template_params: template_params.into_iter().collect(),
         token_url,
         authorize_url,
@@ -117,26 +121,48 @@ fn connection_key(tenant: String, provider: String) -> Result<ConnectionKey, Sta
 #[tonic::async_trait]
 impl AdminService for AdminApi {
     #[tracing::instrument(skip_all, fields(tenant = %req.get_ref().tenant))]
-    async fn create_tenant(&self, req: Request<CreateTenantRequest>) -> Result<Response<pb::Tenant>, Status> {
-        let CreateTenantRequest { tenant, display_name } = req.into_inner();
+    async fn create_tenant(
+        &self,
+        req: Request<CreateTenantRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
+        let CreateTenantRequest {
+            tenant,
+            display_name,
+        } = req.into_inner();
         let slug = TenantId::parse(tenant).map_err(invalid)?;
-        let t = self.admin.create_tenant(slug, display_name).await.map_err(status)?;
+        let t = self
+            .admin
+            .create_tenant(slug, display_name)
+            .await
+            .map_err(status)?;
         tracing::info!("tenant created");
         Ok(Response::new(tenant_pb(t)))
     }
 
-    async fn get_tenant(&self, req: Request<GetTenantRequest>) -> Result<Response<pb::Tenant>, Status> {
+    async fn get_tenant(
+        &self,
+        req: Request<GetTenantRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
         let GetTenantRequest { tenant } = req.into_inner();
         let slug = TenantId::parse(tenant).map_err(invalid)?;
         let t = self.admin.get_tenant(&slug).await.map_err(status)?;
         Ok(Response::new(tenant_pb(t)))
     }
 
-    async fn list_tenants(&self, req: Request<ListTenantsRequest>) -> Result<Response<ListTenantsResponse>, Status> {
-        let ListTenantsRequest { page_size, page_token } = req.into_inner();
+    async fn list_tenants(
+        &self,
+        req: Request<ListTenantsRequest>,
+    ) -> Result<Response<ListTenantsResponse>, Status> {
+        let ListTenantsRequest {
+            page_size,
+            page_token,
+        } = req.into_inner();
         let (tenants, next_page_token) = self
             .admin
-            .list_tenants(&PageRequest { page_size, page_token })
+            .list_tenants(&PageRequest {
+                page_size,
+                page_token,
+            })
             .await
             .map_err(status)?;
         Ok(Response::new(ListTenantsResponse {
@@ -146,7 +172,10 @@ impl AdminService for AdminApi {
     }
 
     #[tracing::instrument(skip_all, fields(tenant = %req.get_ref().tenant))]
-    async fn delete_tenant(&self, req: Request<DeleteTenantRequest>) -> Result<Response<DeleteTenantResponse>, Status> {
+    async fn delete_tenant(
+        &self,
+        req: Request<DeleteTenantRequest>,
+    ) -> Result<Response<DeleteTenantResponse>, Status> {
         let DeleteTenantRequest { tenant } = req.into_inner();
         let slug = TenantId::parse(tenant).map_err(invalid)?;
         self.admin.delete_tenant(&slug).await.map_err(status)?;
@@ -155,7 +184,10 @@ impl AdminService for AdminApi {
     }
 
     #[tracing::instrument(skip_all, fields(tenant = %req.get_ref().tenant, provider = %req.get_ref().provider))]
-    async fn put_connection(&self, req: Request<PutConnectionRequest>) -> Result<Response<pb::Connection>, Status> {
+    async fn put_connection(
+        &self,
+        req: Request<PutConnectionRequest>,
+    ) -> Result<Response<pb::Connection>, Status> {
         let PutConnectionRequest {
             tenant,
             provider,
@@ -198,7 +230,10 @@ impl AdminService for AdminApi {
         Ok(Response::new(connection_pb(view)))
     }
 
-    async fn get_connection(&self, req: Request<GetConnectionRequest>) -> Result<Response<pb::Connection>, Status> {
+    async fn get_connection(
+        &self,
+        req: Request<GetConnectionRequest>,
+    ) -> Result<Response<pb::Connection>, Status> {
         let GetConnectionRequest { tenant, provider } = req.into_inner();
         let key = connection_key(tenant, provider)?;
         let view = self.admin.get_connection(&key).await.map_err(status)?;
@@ -209,11 +244,21 @@ impl AdminService for AdminApi {
         &self,
         req: Request<ListConnectionsRequest>,
     ) -> Result<Response<ListConnectionsResponse>, Status> {
-        let ListConnectionsRequest { tenant, page_size, page_token } = req.into_inner();
+        let ListConnectionsRequest {
+            tenant,
+            page_size,
+            page_token,
+        } = req.into_inner();
         let slug = TenantId::parse(tenant).map_err(invalid)?;
         let (views, next_page_token) = self
             .admin
-            .list_connections(&slug, &PageRequest { page_size, page_token })
+            .list_connections(
+                &slug,
+                &PageRequest {
+                    page_size,
+                    page_token,
+                },
+            )
             .await
             .map_err(status)?;
         Ok(Response::new(ListConnectionsResponse {

@@ -19,13 +19,17 @@ use uuid::Uuid;
 
 async fn pg() -> Arc<dyn Store> {
     let url = PgCluster::shared().fresh_database();
-    tokenvend_store::open(&url, true).await.expect("open postgres")
+    tokenvend_store::open(&url, true)
+        .await
+        .expect("open postgres")
 }
 
 async fn sqlite() -> Arc<dyn Store> {
     let dir = tempfile::tempdir().unwrap().keep();
     let url = format!("sqlite://{}/t.db", dir.display());
-    tokenvend_store::open(&url, true).await.expect("open sqlite")
+    tokenvend_store::open(&url, true)
+        .await
+        .expect("open sqlite")
 }
 
 /// Runs each listed test against both backends.
@@ -99,15 +103,30 @@ async fn tenants(s: Arc<dyn Store>) {
     s.ping().await.unwrap();
     let a = tenant("acme");
     s.create_tenant(&a).await.unwrap();
-    assert!(matches!(s.create_tenant(&tenant("acme")).await, Err(StoreError::AlreadyExists)));
+    assert!(matches!(
+        s.create_tenant(&tenant("acme")).await,
+        Err(StoreError::AlreadyExists)
+    ));
     assert_eq!(s.get_tenant(&a.slug).await.unwrap().unwrap(), a);
-    assert!(s.get_tenant(&TenantId::parse("nope").unwrap()).await.unwrap().is_none());
+    assert!(
+        s.get_tenant(&TenantId::parse("nope").unwrap())
+            .await
+            .unwrap()
+            .is_none()
+    );
     for slug in ["c", "b", "d"] {
         s.create_tenant(&tenant(slug)).await.unwrap();
     }
-    let slugs = |v: Vec<TenantRecord>| v.into_iter().map(|t| t.slug.to_string()).collect::<Vec<_>>();
+    let slugs = |v: Vec<TenantRecord>| {
+        v.into_iter()
+            .map(|t| t.slug.to_string())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(slugs(s.list_tenants(None, 2).await.unwrap()), ["acme", "b"]);
-    assert_eq!(slugs(s.list_tenants(Some("b"), 2).await.unwrap()), ["c", "d"]);
+    assert_eq!(
+        slugs(s.list_tenants(Some("b"), 2).await.unwrap()),
+        ["c", "d"]
+    );
     assert!(s.list_tenants(Some("d"), 2).await.unwrap().is_empty());
     assert!(s.delete_tenant(&a.slug).await.unwrap());
     assert!(!s.delete_tenant(&a.slug).await.unwrap());
@@ -119,20 +138,44 @@ async fn connections_optimistic_concurrency(s: Arc<dyn Store>) {
     let c = conn(&t, "enode", 1);
     s.put_connection(&c, None).await.unwrap();
     // a second insert of the same key
-    assert!(matches!(s.put_connection(&conn(&t, "enode", 1), None).await, Err(StoreError::AlreadyExists)));
+    assert!(matches!(
+        s.put_connection(&conn(&t, "enode", 1), None).await,
+        Err(StoreError::AlreadyExists)
+    ));
     let got = s.get_connection(&key(&t, "enode")).await.unwrap().unwrap();
     assert_eq!(got, c);
 
-    let v2 = ConnectionRecord { version: 2, settings: r#"{"client_id":"x"}"#.into(), ..c.clone() };
+    let v2 = ConnectionRecord {
+        version: 2,
+        settings: r#"{"client_id":"x"}"#.into(),
+        ..c.clone()
+    };
     s.put_connection(&v2, Some(1)).await.unwrap();
     // a writer that read version 1 loses
-    let stale = ConnectionRecord { version: 2, settings: "{}".into(), ..c.clone() };
-    assert!(matches!(s.put_connection(&stale, Some(1)).await, Err(StoreError::Conflict)));
-    assert_eq!(s.get_connection(&key(&t, "enode")).await.unwrap().unwrap().settings, v2.settings);
+    let stale = ConnectionRecord {
+        version: 2,
+        settings: "{}".into(),
+        ..c.clone()
+    };
+    assert!(matches!(
+        s.put_connection(&stale, Some(1)).await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(
+        s.get_connection(&key(&t, "enode"))
+            .await
+            .unwrap()
+            .unwrap()
+            .settings,
+        v2.settings
+    );
 
     // a connection for a tenant that does not exist
     let ghost = tenant("ghost");
-    assert!(matches!(s.put_connection(&conn(&ghost, "x", 1), None).await, Err(StoreError::MissingParent)));
+    assert!(matches!(
+        s.put_connection(&conn(&ghost, "x", 1), None).await,
+        Err(StoreError::MissingParent)
+    ));
 
     for p in ["b", "a"] {
         s.put_connection(&conn(&t, p, 1), None).await.unwrap();
@@ -158,25 +201,47 @@ async fn tokens_keep_the_fresher(s: Arc<dyn Store>) {
     s.put_connection(&c, None).await.unwrap();
     assert!(s.load_token(c.id, "").await.unwrap().is_none());
     s.save_token(&token(&c, 1, 100, 1)).await.unwrap();
-    assert_eq!(s.load_token(c.id, "").await.unwrap().unwrap(), token(&c, 1, 100, 1));
+    assert_eq!(
+        s.load_token(c.id, "").await.unwrap().unwrap(),
+        token(&c, 1, 100, 1)
+    );
     // a slow writer with an older token does not replace a fresher one
     s.save_token(&token(&c, 1, 50, 2)).await.unwrap();
-    assert_eq!(s.load_token(c.id, "").await.unwrap().unwrap().access_token, vec![1]);
+    assert_eq!(
+        s.load_token(c.id, "").await.unwrap().unwrap().access_token,
+        vec![1]
+    );
     s.save_token(&token(&c, 1, 200, 3)).await.unwrap();
-    assert_eq!(s.load_token(c.id, "").await.unwrap().unwrap().access_token, vec![3]);
+    assert_eq!(
+        s.load_token(c.id, "").await.unwrap().unwrap().access_token,
+        vec![3]
+    );
     // a token of a newer connection version always wins
     s.save_token(&token(&c, 2, 10, 4)).await.unwrap();
     let got = s.load_token(c.id, "").await.unwrap().unwrap();
     assert_eq!((got.access_token, got.connection_version), (vec![4], 2));
     // and an older version never does
     s.save_token(&token(&c, 1, 999, 5)).await.unwrap();
-    assert_eq!(s.load_token(c.id, "").await.unwrap().unwrap().access_token, vec![4]);
+    assert_eq!(
+        s.load_token(c.id, "").await.unwrap().unwrap().access_token,
+        vec![4]
+    );
     // subjects are separate rows
     let mut alice = token(&c, 2, 10, 6);
     alice.subject = "alice".into();
     s.save_token(&alice).await.unwrap();
-    assert_eq!(s.load_token(c.id, "alice").await.unwrap().unwrap().access_token, vec![6]);
-    assert_eq!(s.load_token(c.id, "").await.unwrap().unwrap().access_token, vec![4]);
+    assert_eq!(
+        s.load_token(c.id, "alice")
+            .await
+            .unwrap()
+            .unwrap()
+            .access_token,
+        vec![6]
+    );
+    assert_eq!(
+        s.load_token(c.id, "").await.unwrap().unwrap().access_token,
+        vec![4]
+    );
 
     // compare-and-invalidate: an older token's hash changes nothing, the current one's drops it
     assert!(!s.invalidate_token(c.id, "", &[1; 32]).await.unwrap());
@@ -184,7 +249,10 @@ async fn tokens_keep_the_fresher(s: Arc<dyn Store>) {
     assert!(s.invalidate_token(c.id, "", &[4; 32]).await.unwrap());
     assert!(s.load_token(c.id, "").await.unwrap().is_none());
     assert!(!s.invalidate_token(c.id, "", &[4; 32]).await.unwrap());
-    assert!(s.load_token(c.id, "alice").await.unwrap().is_some(), "other subjects untouched");
+    assert!(
+        s.load_token(c.id, "alice").await.unwrap().is_some(),
+        "other subjects untouched"
+    );
 }
 
 async fn cascades(s: Arc<dyn Store>) {
@@ -196,7 +264,10 @@ async fn cascades(s: Arc<dyn Store>) {
     assert!(s.delete_connection(&key(&t, "p")).await.unwrap());
     assert!(s.load_token(c.id, "").await.unwrap().is_none());
     // a token for a deleted connection is refused, not orphaned
-    assert!(matches!(s.save_token(&token(&c, 1, 100, 1)).await, Err(StoreError::MissingParent)));
+    assert!(matches!(
+        s.save_token(&token(&c, 1, 100, 1)).await,
+        Err(StoreError::MissingParent)
+    ));
 
     let c2 = conn(&t, "q", 1);
     s.put_connection(&c2, None).await.unwrap();
@@ -207,15 +278,30 @@ async fn cascades(s: Arc<dyn Store>) {
 }
 
 async fn data_keys_and_envelope_across_restarts(s: Arc<dyn Store>) {
-    let dek = WrappedDek { id: Uuid::now_v7(), master_key_id: "k1".into(), wrapped: vec![9; 60] };
+    let dek = WrappedDek {
+        id: Uuid::now_v7(),
+        master_key_id: "k1".into(),
+        wrapped: vec![9; 60],
+    };
     s.insert_data_key(&dek).await.unwrap();
     let got = s.get_data_key(dek.id).await.unwrap().unwrap();
-    assert_eq!((got.id, got.master_key_id, got.wrapped), (dek.id, dek.master_key_id, dek.wrapped));
+    assert_eq!(
+        (got.id, got.master_key_id, got.wrapped),
+        (dek.id, dek.master_key_id, dek.wrapped)
+    );
     assert!(s.get_data_key(Uuid::now_v7()).await.unwrap().is_none());
 
     let ring = KeyRing::generate_entry("k1");
-    let aad = tokenvend_core::crypto::Aad { table: "connections", column: "client_secret", row: Uuid::now_v7(), qualifier: "" };
-    let ct = Envelope::new(KeyRing::parse(&ring).unwrap(), s.clone()).encrypt(aad, b"hello").await.unwrap();
+    let aad = tokenvend_core::crypto::Aad {
+        table: "connections",
+        column: "client_secret",
+        row: Uuid::now_v7(),
+        qualifier: "",
+    };
+    let ct = Envelope::new(KeyRing::parse(&ring).unwrap(), s.clone())
+        .encrypt(aad, b"hello")
+        .await
+        .unwrap();
     // a new process (new envelope, empty key cache) decrypts through the stored data key
     let again = Envelope::new(KeyRing::parse(&ring).unwrap(), s.clone());
     assert_eq!(&*again.decrypt(aad, &ct).await.unwrap(), b"hello");
@@ -228,13 +314,18 @@ fn admin(s: &Arc<dyn Store>) -> Admin {
         Arc::new(Envelope::new(ring, s.clone())),
         Arc::new(TokenCache::new()),
         Arc::new(SystemClock),
-        EndpointPolicy { allow_insecure: false },
+        EndpointPolicy {
+            allow_insecure: false,
+        },
     )
 }
 
 fn put(secret: &str) -> PutConnection {
     PutConnection {
-        key: ConnectionKey { tenant: TenantId::parse("acme").unwrap(), provider: ProviderId::parse("enode").unwrap() },
+        key: ConnectionKey {
+            tenant: TenantId::parse("acme").unwrap(),
+            provider: ProviderId::parse("enode").unwrap(),
+        },
         settings: ConnectionSettings {
             token_url: "https://oauth.example.com/oauth2/token".into(),
             client_id: "client-1".into(),
@@ -247,7 +338,10 @@ fn put(secret: &str) -> PutConnection {
 
 async fn secrets_are_encrypted_at_rest(s: Arc<dyn Store>) {
     let admin = admin(&s);
-    admin.create_tenant(TenantId::parse("acme").unwrap(), "Acme".into()).await.unwrap();
+    admin
+        .create_tenant(TenantId::parse("acme").unwrap(), "Acme".into())
+        .await
+        .unwrap();
     let planted = "planted-secret-7f3a9c";
     let view = admin.put_connection(put(planted)).await.unwrap();
     assert_eq!(view.credential_kind, "client_secret");
@@ -255,36 +349,74 @@ async fn secrets_are_encrypted_at_rest(s: Arc<dyn Store>) {
     assert_eq!(view.record.secret_fingerprint.len(), 16);
     let raw = s.get_connection(&view.record.key()).await.unwrap().unwrap();
     let ct = raw.client_secret.clone().unwrap();
-    assert!(!ct.windows(planted.len()).any(|w| w == planted.as_bytes()), "plaintext at rest");
-    assert!(!format!("{raw:?} {view:?}").contains(planted), "Debug leaks the secret");
+    assert!(
+        !ct.windows(planted.len()).any(|w| w == planted.as_bytes()),
+        "plaintext at rest"
+    );
+    assert!(
+        !format!("{raw:?} {view:?}").contains(planted),
+        "Debug leaks the secret"
+    );
 
     // an empty secret keeps the stored one; the version still moves
-    let v2 = admin.put_connection(PutConnection { client_secret: None, ..put("") }).await.unwrap();
+    let v2 = admin
+        .put_connection(PutConnection {
+            client_secret: None,
+            ..put("")
+        })
+        .await
+        .unwrap();
     assert_eq!(v2.record.version, 2);
-    assert_eq!(s.get_connection(&view.record.key()).await.unwrap().unwrap().client_secret.unwrap(), ct);
+    assert_eq!(
+        s.get_connection(&view.record.key())
+            .await
+            .unwrap()
+            .unwrap()
+            .client_secret
+            .unwrap(),
+        ct
+    );
     assert_eq!(v2.record.secret_fingerprint, view.record.secret_fingerprint);
     // a new secret changes the fingerprint
     let v3 = admin.put_connection(put("another-secret")).await.unwrap();
     assert_ne!(v3.record.secret_fingerprint, view.record.secret_fingerprint);
 
     // both kinds at once are refused, and nothing changes
-    let both = PutConnection { api_key: Some(SecretString::from("k")), ..put("x") };
+    let both = PutConnection {
+        api_key: Some(SecretString::from("k")),
+        ..put("x")
+    };
     let err = admin.put_connection(both).await.unwrap_err();
     assert!(err.to_string().contains("api_key"), "{err}");
-    assert_eq!(s.get_connection(&view.record.key()).await.unwrap().unwrap().version, 3);
+    assert_eq!(
+        s.get_connection(&view.record.key())
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        3
+    );
 
     // listing pages through the tenant's connections
-    let (list, next) = admin.list_connections(&TenantId::parse("acme").unwrap(), &PageRequest::default()).await.unwrap();
+    let (list, next) = admin
+        .list_connections(&TenantId::parse("acme").unwrap(), &PageRequest::default())
+        .await
+        .unwrap();
     assert_eq!((list.len(), next.as_str()), (1, ""));
 }
 
 async fn concurrent_puts_do_not_lose_updates(s: Arc<dyn Store>) {
     let admin = Arc::new(admin(&s));
-    admin.create_tenant(TenantId::parse("acme").unwrap(), String::new()).await.unwrap();
+    admin
+        .create_tenant(TenantId::parse("acme").unwrap(), String::new())
+        .await
+        .unwrap();
     let mut tasks = Vec::new();
     for i in 0..4 {
         let admin = admin.clone();
-        tasks.push(tokio::spawn(async move { admin.put_connection(put(&format!("secret-{i}"))).await }));
+        tasks.push(tokio::spawn(async move {
+            admin.put_connection(put(&format!("secret-{i}"))).await
+        }));
     }
     let mut versions = Vec::new();
     for t in tasks {

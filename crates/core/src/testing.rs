@@ -1,0 +1,96 @@
+//! Test helpers (feature `test-util`): stand-ins for ports whose use would be a bug.
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use crate::{
+    crypto::WrappedDek,
+    ids::{ConnectionKey, TenantId},
+    store::{ConnectionRecord, DataKeyStore, Store, StoreError, TenantRecord, TokenRecord},
+};
+
+/// A store that fails the test on any use: proves a path (the cache hit) never touches
+/// the database.
+pub struct UnreachableStore;
+
+#[async_trait]
+impl DataKeyStore for UnreachableStore {
+    async fn insert_data_key(&self, _: &WrappedDek) -> Result<(), StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    async fn get_data_key(&self, _: Uuid) -> Result<Option<WrappedDek>, StoreError> {
+        unreachable!("the store must not be used here")
+    }
+}
+
+#[async_trait]
+impl Store for UnreachableStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    async fn create_tenant(&self, _: &TenantRecord) -> Result<(), StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    async fn get_tenant(&self, _: &TenantId) -> Result<Option<TenantRecord>, StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    async fn list_tenants(&self, _: Option<&str>, _: u32) -> Result<Vec<TenantRecord>, StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    async fn delete_tenant(&self, _: &TenantId) -> Result<bool, StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    async fn get_connection(
+        &self,
+        _: &ConnectionKey,
+    ) -> Result<Option<ConnectionRecord>, StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    async fn list_connections(
+        &self,
+        _: &TenantId,
+        _: Option<&str>,
+        _: u32,
+    ) -> Result<Vec<ConnectionRecord>, StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    async fn put_connection(&self, _: &ConnectionRecord, _: Option<i64>) -> Result<(), StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    async fn delete_connection(&self, _: &ConnectionKey) -> Result<bool, StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    async fn load_token(&self, _: Uuid, _: &str) -> Result<Option<TokenRecord>, StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    async fn save_token(&self, _: &TokenRecord) -> Result<(), StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    async fn invalidate_token(&self, _: Uuid, _: &str, _: &[u8]) -> Result<bool, StoreError> {
+        unreachable!("the store must not be used here")
+    }
+}
+
+/// A vendor whose cache holds `key` → `token`, with a store and provider that must never be
+/// reached: for benchmarks and tests of the hot path.
+pub fn warm_vendor(
+    key: &crate::ids::TokenKey,
+    token: std::sync::Arc<crate::cache::CachedToken>,
+    clock: std::sync::Arc<dyn crate::clock::Clock>,
+) -> crate::vend::Vendor {
+    use std::sync::Arc;
+    let store: Arc<dyn Store> = Arc::new(UnreachableStore);
+    let ring = crate::crypto::KeyRing::parse(&crate::crypto::KeyRing::generate_entry("k"))
+        .expect("key ring");
+    let envelope = Arc::new(crate::crypto::Envelope::new(ring, store.clone()));
+    let cache = Arc::new(crate::cache::TokenCache::new());
+    cache.insert_if_current(key.clone(), token, cache.epoch(&key.connection()));
+    crate::vend::Vendor::new(
+        store,
+        envelope,
+        cache,
+        crate::oauth::TokenClient::new(Default::default()).expect("http client"),
+        clock,
+        Default::default(),
+    )
+}
