@@ -23,27 +23,123 @@ pub struct Template {
     pub token_url: Option<&'static str>,
     pub authorize_url: Option<&'static str>,
     pub revocation_url: Option<&'static str>,
+    /// Client authentication for the client-credentials grant.
     pub client_auth: ClientAuth,
+    /// Client authentication for code exchange, refresh and revocation (ev.energy sends
+    /// Basic for client credentials but the id and secret in the body for these).
+    pub user_grant_client_auth: ClientAuth,
     pub scopes: &'static [&'static str],
     pub audience: Option<&'static str>,
+    /// Send `audience` even when empty (eDRV's documented request always has the field).
+    pub always_send_audience: bool,
     pub extra_params: &'static [(&'static str, &'static str)],
     pub default_expires_in_secs: u64,
+    /// Connection fields this template needs set explicitly (e.g. eDRV documents no URL).
+    pub required_fields: &'static [&'static str],
 }
 
+const REGION: Param = Param {
+    name: "region",
+    description: "DepotFinity region, part of the token host name (e.g. eu)",
+    required: true,
+    allowed: &[],
+};
+
+const ENVIRONMENT: Param = Param {
+    name: "environment",
+    description: "Enode environment of the client",
+    required: true,
+    allowed: &["sandbox", "production"],
+};
+
 /// Every template. `generic` is any RFC 6749 provider: the operator gives the URLs.
-pub static TEMPLATES: &[Template] = &[Template {
-    name: "generic",
-    description: "Any RFC 6749 token endpoint; token_url is required, client auth defaults to Basic",
-    params: &[],
-    token_url: None,
-    authorize_url: None,
-    revocation_url: None,
-    client_auth: ClientAuth::Basic,
-    scopes: &[],
-    audience: None,
-    extra_params: &[],
-    default_expires_in_secs: 3600,
-}];
+pub static TEMPLATES: &[Template] = &[
+    Template {
+        name: "generic",
+        description: "Any RFC 6749 token endpoint; token_url is required, client auth defaults to Basic",
+        params: &[],
+        token_url: None,
+        authorize_url: None,
+        revocation_url: None,
+        client_auth: ClientAuth::Basic,
+        user_grant_client_auth: ClientAuth::Basic,
+        scopes: &[],
+        audience: None,
+        always_send_audience: false,
+        extra_params: &[],
+        default_expires_in_secs: 3600,
+        required_fields: &[],
+    },
+    Template {
+        name: "edrv",
+        description: "eDRV: client_id, client_secret and audience in the form body; 24 h tokens; \
+                      the docs give no URL, so token_url is required. Or a static api_key (eDRV's \
+                      recommended replacement for OAuth)",
+        params: &[],
+        token_url: None,
+        authorize_url: None,
+        revocation_url: None,
+        client_auth: ClientAuth::Post,
+        user_grant_client_auth: ClientAuth::Post,
+        scopes: &[],
+        audience: None,
+        always_send_audience: true,
+        extra_params: &[],
+        default_expires_in_secs: 86_400,
+        required_fields: &["token_url"],
+    },
+    Template {
+        name: "depotfinity",
+        description: "DepotFinity: HTTP Basic, regional token host; a bad request is answered 403",
+        params: &[REGION],
+        token_url: Some("https://clientapp-auth.{region}.depot.emobility.io/oauth2/token"),
+        authorize_url: None,
+        revocation_url: None,
+        client_auth: ClientAuth::Basic,
+        user_grant_client_auth: ClientAuth::Basic,
+        scopes: &[],
+        audience: None,
+        always_send_audience: false,
+        extra_params: &[],
+        default_expires_in_secs: 86_400,
+        required_fields: &[],
+    },
+    Template {
+        name: "evenergy",
+        description: "ev.energy: client credentials with Basic; authorization code with PKCE, \
+                      refresh and revocation with the client id and secret in the form body; 10 h tokens",
+        params: &[],
+        token_url: Some("https://api.ev.energy/o/token"),
+        authorize_url: Some("https://api.ev.energy/o/authorize/"),
+        // The trailing slash is required: without it the endpoint answers 405.
+        revocation_url: Some("https://api.ev.energy/o/revoke_token/"),
+        client_auth: ClientAuth::Basic,
+        user_grant_client_auth: ClientAuth::Post,
+        scopes: &[],
+        audience: None,
+        always_send_audience: false,
+        extra_params: &[],
+        default_expires_in_secs: 36_000,
+        required_fields: &[],
+    },
+    Template {
+        name: "enode",
+        description: "Enode: standard client credentials with Basic; sandbox or production; 1 h tokens; \
+                      one active client secret (regenerating it invalidates the old one at once)",
+        params: &[ENVIRONMENT],
+        token_url: Some("https://oauth.{environment}.enode.io/oauth2/token"),
+        authorize_url: None,
+        revocation_url: None,
+        client_auth: ClientAuth::Basic,
+        user_grant_client_auth: ClientAuth::Basic,
+        scopes: &[],
+        audience: None,
+        always_send_audience: false,
+        extra_params: &[],
+        default_expires_in_secs: 3600,
+        required_fields: &[],
+    },
+];
 
 pub fn find(name: &str) -> Result<&'static Template, InvalidInput> {
     let name = if name.is_empty() { "generic" } else { name };
@@ -124,4 +220,73 @@ pub fn expand(template: &str, params: &BTreeMap<String, String>) -> String {
         out = out.replace(&format!("{{{k}}}"), v);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+        kv.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn parameters_are_checked() {
+        let depot = find("depotfinity").unwrap();
+        let p = params(&[("region", "eu")]);
+        assert_eq!(
+            expand(depot.token_url.unwrap(), depot.check_params(&p).unwrap()),
+            "https://clientapp-auth.eu.depot.emobility.io/oauth2/token"
+        );
+        // A region that would move the credentials to another host is refused.
+        for bad in [
+            "eu.evil.com",
+            "evil.com/x",
+            "eu@evil",
+            "EU",
+            "",
+            "eu:443",
+            &"a".repeat(64),
+        ] {
+            let err = depot.check_params(&params(&[("region", bad)])).unwrap_err();
+            assert_eq!(err.field, "template_params", "{bad}");
+        }
+        assert!(
+            depot
+                .check_params(&params(&[]))
+                .unwrap_err()
+                .reason
+                .contains("requires parameter \"region\"")
+        );
+        assert!(
+            depot
+                .check_params(&params(&[("region", "eu"), ("colour", "x")]))
+                .unwrap_err()
+                .reason
+                .contains("no parameter \"colour\"")
+        );
+
+        let enode = find("enode").unwrap();
+        assert!(
+            enode
+                .check_params(&params(&[("environment", "sandbox")]))
+                .is_ok()
+        );
+        assert!(
+            enode
+                .check_params(&params(&[("environment", "staging")]))
+                .unwrap_err()
+                .reason
+                .contains("one of: sandbox, production")
+        );
+        assert_eq!(find("").unwrap().name, "generic");
+        assert!(
+            find("nope")
+                .unwrap_err()
+                .reason
+                .contains("known: generic, edrv, depotfinity, evenergy, enode")
+        );
+    }
 }

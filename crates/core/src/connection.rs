@@ -146,11 +146,17 @@ pub struct Effective {
     pub token_url: Option<Url>,
     pub authorize_url: Option<Url>,
     pub revocation_url: Option<Url>,
+    /// For the client-credentials grant.
     pub client_auth: ClientAuth,
+    /// For code exchange, refresh and revocation.
+    pub user_grant_client_auth: ClientAuth,
     pub client_id: String,
     pub scopes: Vec<String>,
     pub audience: String,
+    /// Send `audience` even when empty (eDRV).
+    pub always_send_audience: bool,
     pub extra_params: BTreeMap<String, String>,
+    pub redirect_uri: Option<Url>,
     pub default_expires_in: Duration,
 }
 
@@ -188,15 +194,21 @@ impl ConnectionSettings {
             &self.revocation_url,
             template.revocation_url.map(|t| catalog::expand(t, params)),
         )?;
-        if !self.redirect_uri.is_empty() {
+        let redirect_uri = if self.redirect_uri.is_empty() {
+            None
+        } else {
             // Browsers are sent here, never credentials: any http(s) URL the operator owns.
             let u = Url::parse(&self.redirect_uri).map_err(|e| {
                 InvalidInput::new("redirect_uri", format!("is not a valid absolute URL ({e})"))
             })?;
-            if !matches!(u.scheme(), "https" | "http") {
-                return Err(InvalidInput::new("redirect_uri", "must be an http(s) URL"));
+            if !matches!(u.scheme(), "https" | "http") || u.fragment().is_some() {
+                return Err(InvalidInput::new(
+                    "redirect_uri",
+                    "must be an http(s) URL without a #fragment",
+                ));
             }
-        }
+            Some(u)
+        };
         for s in &self.scopes {
             if s.is_empty()
                 || s.chars()
@@ -251,10 +263,17 @@ impl ConnectionSettings {
             token_url,
             authorize_url,
             revocation_url,
+            // An explicit method applies to every request kind; the template may differ per kind.
             client_auth: match self.client_auth {
                 ClientAuth::Unspecified => template.client_auth,
                 explicit => explicit,
             },
+            user_grant_client_auth: match self.client_auth {
+                ClientAuth::Unspecified => template.user_grant_client_auth,
+                explicit => explicit,
+            },
+            always_send_audience: template.always_send_audience,
+            redirect_uri,
             client_id: self.client_id.clone(),
             scopes,
             audience: if self.audience.is_empty() {

@@ -97,6 +97,84 @@ impl std::fmt::Debug for TokenRecord {
     }
 }
 
+/// A started authorization-code flow waiting for its callback.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PendingAuthorization {
+    /// SHA-256 of the `state` sent to the browser (the key; the state itself is not stored).
+    pub state_sha256: Vec<u8>,
+    /// Immutable row id, bound into the verifier's ciphertext.
+    pub id: Uuid,
+    pub connection_id: Uuid,
+    pub subject: String,
+    /// The PKCE code verifier, encrypted.
+    pub code_verifier: Vec<u8>,
+    pub redirect_uri: String,
+    pub scopes: Vec<String>,
+    pub expires_at: OffsetDateTime,
+    pub created_at: OffsetDateTime,
+}
+
+impl std::fmt::Debug for PendingAuthorization {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingAuthorization")
+            .field("id", &self.id)
+            .field("subject", &self.subject)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether a grant can still be refreshed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrantStatus {
+    Active,
+    /// The provider refused the refresh token (`invalid_grant`): only the end user
+    /// authorizing again helps. Never retried in a loop.
+    ReauthorizationRequired,
+}
+
+impl GrantStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantStatus::Active => "active",
+            GrantStatus::ReauthorizationRequired => "reauthorization_required",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(GrantStatus::Active),
+            "reauthorization_required" => Some(GrantStatus::ReauthorizationRequired),
+            _ => None,
+        }
+    }
+}
+
+/// An end user's authorization-code grant on a connection.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GrantRecord {
+    /// Immutable row id (kept across re-authorizations), bound into the refresh token's
+    /// ciphertext.
+    pub id: Uuid,
+    pub connection_id: Uuid,
+    pub subject: String,
+    pub refresh_token: Option<Vec<u8>>,
+    pub scopes: Vec<String>,
+    pub status: GrantStatus,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+impl std::fmt::Debug for GrantRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrantRecord")
+            .field("id", &self.id)
+            .field("subject", &self.subject)
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Wrapped data keys (see `crypto`). Separate so the envelope depends on this alone.
 #[async_trait]
 pub trait DataKeyStore: Send + Sync + 'static {
@@ -159,4 +237,57 @@ pub trait Store: DataKeyStore {
         subject: &str,
         sha256: &[u8],
     ) -> Result<bool, StoreError>;
+
+    async fn insert_pending_authorization(
+        &self,
+        pending: &PendingAuthorization,
+    ) -> Result<(), StoreError>;
+    /// Deletes and returns the pending authorization with this state hash: a state can be
+    /// used once, however many callbacks race for it.
+    async fn take_pending_authorization(
+        &self,
+        state_sha256: &[u8],
+    ) -> Result<Option<PendingAuthorization>, StoreError>;
+    /// Housekeeping: drops flows that expired before `before`. Returns how many.
+    async fn delete_expired_authorizations(
+        &self,
+        before: OffsetDateTime,
+    ) -> Result<u64, StoreError>;
+
+    async fn get_grant(
+        &self,
+        connection_id: Uuid,
+        subject: &str,
+    ) -> Result<Option<GrantRecord>, StoreError>;
+    /// Grants of a connection ordered by subject, strictly after `after`.
+    async fn list_grants(
+        &self,
+        connection_id: Uuid,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<GrantRecord>, StoreError>;
+    /// Inserts the grant (`AlreadyExists` if the subject has one) or replaces the one with the
+    /// same id, together with its first access token, in one transaction.
+    async fn put_grant(
+        &self,
+        grant: &GrantRecord,
+        replace: bool,
+        token: Option<&TokenRecord>,
+    ) -> Result<(), StoreError>;
+    /// After a refresh: the rotated refresh token (None: keep the stored one) and the new
+    /// access token, committed together so a rotated refresh token is never lost.
+    async fn save_refreshed(
+        &self,
+        grant_id: Uuid,
+        refresh_token: Option<&[u8]>,
+        token: &TokenRecord,
+    ) -> Result<(), StoreError>;
+    async fn set_grant_status(
+        &self,
+        grant_id: Uuid,
+        status: GrantStatus,
+        updated_at: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+    /// Deletes the grant and its cached token. False if absent.
+    async fn delete_grant(&self, connection_id: Uuid, subject: &str) -> Result<bool, StoreError>;
 }

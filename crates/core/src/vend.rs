@@ -276,7 +276,8 @@ async fn fetch(inner: &Inner, key: TokenKey, min_ttl: Duration) -> Result<Arc<Ca
             },
             grant: Grant::ClientCredentials,
             scopes: &effective.scopes,
-            audience: &effective.audience,
+            audience: (effective.always_send_audience || !effective.audience.is_empty())
+                .then_some(effective.audience.as_str()),
             extra_params: &effective.extra_params,
             default_expires_in: effective.default_expires_in,
         })

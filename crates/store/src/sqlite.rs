@@ -13,7 +13,10 @@ use time::OffsetDateTime;
 use tokenvend_core::{
     crypto::WrappedDek,
     ids::{ConnectionKey, ProviderId, TenantId},
-    store::{ConnectionRecord, DataKeyStore, Store, StoreError, TenantRecord, TokenRecord},
+    store::{
+        ConnectionRecord, DataKeyStore, GrantRecord, GrantStatus, PendingAuthorization, Store,
+        StoreError, TenantRecord, TokenRecord,
+    },
 };
 use uuid::Uuid;
 
@@ -353,28 +356,7 @@ impl Store for SqliteStore {
     }
 
     async fn save_token(&self, t: &TokenRecord) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO tokens (connection_id, subject, connection_version, access_token, \
-             token_sha256, scopes, expires_at, fetched_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (connection_id, subject) DO UPDATE SET \
-               connection_version = excluded.connection_version, access_token = excluded.access_token, \
-               token_sha256 = excluded.token_sha256, scopes = excluded.scopes, \
-               expires_at = excluded.expires_at, fetched_at = excluded.fetched_at \
-             WHERE tokens.connection_version < excluded.connection_version \
-                OR (tokens.connection_version = excluded.connection_version \
-                    AND tokens.expires_at <= excluded.expires_at)",
-        )
-        .bind(t.connection_id)
-        .bind(&t.subject)
-        .bind(t.connection_version)
-        .bind(&t.access_token)
-        .bind(&t.token_sha256)
-        .bind(serde_json::to_string(&t.scopes).map_err(|e| corrupt("token scopes", e))?)
-        .bind(micros(t.expires_at))
-        .bind(micros(t.fetched_at))
-        .execute(&self.pool)
-        .await
-        .map_err(db_err)?;
+        upsert_token(t)?.execute(&self.pool).await.map_err(db_err)?;
         Ok(())
     }
 
@@ -395,4 +377,270 @@ impl Store for SqliteStore {
         .map_err(db_err)?;
         Ok(done.rows_affected() > 0)
     }
+    async fn insert_pending_authorization(
+        &self,
+        p: &PendingAuthorization,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO pending_authorizations (state_sha256, id, connection_id, subject, \
+             code_verifier, redirect_uri, scopes, expires_at, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )
+        .bind(&p.state_sha256)
+        .bind(p.id)
+        .bind(p.connection_id)
+        .bind(&p.subject)
+        .bind(&p.code_verifier)
+        .bind(&p.redirect_uri)
+        .bind(json(&p.scopes)?)
+        .bind(micros(p.expires_at))
+        .bind(micros(p.created_at))
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn take_pending_authorization(
+        &self,
+        state_sha256: &[u8],
+    ) -> Result<Option<PendingAuthorization>, StoreError> {
+        let row = sqlx::query(
+            "DELETE FROM pending_authorizations WHERE state_sha256 = ?1 \
+             RETURNING state_sha256, id, connection_id, subject, code_verifier, redirect_uri, \
+             scopes, expires_at, created_at",
+        )
+        .bind(state_sha256)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        row.map(|r| {
+            Ok(PendingAuthorization {
+                state_sha256: r.try_get("state_sha256").map_err(db_err)?,
+                id: r.try_get("id").map_err(db_err)?,
+                connection_id: r.try_get("connection_id").map_err(db_err)?,
+                subject: r.try_get("subject").map_err(db_err)?,
+                code_verifier: r.try_get("code_verifier").map_err(db_err)?,
+                redirect_uri: r.try_get("redirect_uri").map_err(db_err)?,
+                scopes: unjson(r.try_get("scopes").map_err(db_err)?)?,
+                expires_at: from_micros(r.try_get("expires_at").map_err(db_err)?)?,
+                created_at: from_micros(r.try_get("created_at").map_err(db_err)?)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn delete_expired_authorizations(
+        &self,
+        before: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM pending_authorizations WHERE expires_at < ?1")
+            .bind(micros(before))
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn get_grant(
+        &self,
+        connection_id: Uuid,
+        subject: &str,
+    ) -> Result<Option<GrantRecord>, StoreError> {
+        sqlx::query(
+            "SELECT id, connection_id, subject, refresh_token, scopes, status, created_at, updated_at \
+             FROM grants WHERE connection_id = ?1 AND subject = ?2",
+        )
+        .bind(connection_id)
+        .bind(subject)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?
+        .as_ref()
+        .map(grant)
+        .transpose()
+    }
+
+    async fn list_grants(
+        &self,
+        connection_id: Uuid,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<GrantRecord>, StoreError> {
+        sqlx::query(
+            "SELECT id, connection_id, subject, refresh_token, scopes, status, created_at, updated_at \
+             FROM grants WHERE connection_id = ?1 AND (?2 IS NULL OR subject > ?2) \
+             ORDER BY subject LIMIT ?3",
+        )
+        .bind(connection_id)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?
+        .iter()
+        .map(grant)
+        .collect()
+    }
+
+    async fn put_grant(
+        &self,
+        g: &GrantRecord,
+        replace: bool,
+        token: Option<&TokenRecord>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let done = if replace {
+            sqlx::query(
+                "UPDATE grants SET refresh_token = ?2, scopes = ?3, status = ?4, updated_at = ?5 \
+                 WHERE id = ?1",
+            )
+            .bind(g.id)
+            .bind(&g.refresh_token)
+            .bind(json(&g.scopes)?)
+            .bind(g.status.as_str())
+            .bind(micros(g.updated_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?
+        } else {
+            sqlx::query(
+                "INSERT INTO grants (id, connection_id, subject, refresh_token, scopes, status, \
+                 created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .bind(g.id)
+            .bind(g.connection_id)
+            .bind(&g.subject)
+            .bind(&g.refresh_token)
+            .bind(json(&g.scopes)?)
+            .bind(g.status.as_str())
+            .bind(micros(g.created_at))
+            .bind(micros(g.updated_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?
+        };
+        if done.rows_affected() != 1 {
+            return Err(StoreError::Conflict);
+        }
+        // A new authorization replaces whatever token the subject had.
+        sqlx::query("DELETE FROM tokens WHERE connection_id = ?1 AND subject = ?2")
+            .bind(g.connection_id)
+            .bind(&g.subject)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        if let Some(t) = token {
+            upsert_token(t)?.execute(&mut *tx).await.map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn save_refreshed(
+        &self,
+        grant_id: Uuid,
+        refresh_token: Option<&[u8]>,
+        token: &TokenRecord,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let done = sqlx::query(
+            "UPDATE grants SET refresh_token = COALESCE(?2, refresh_token), updated_at = ?3 WHERE id = ?1",
+        )
+        .bind(grant_id)
+        .bind(refresh_token)
+        .bind(micros(token.fetched_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::Conflict);
+        }
+        upsert_token(token)?
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)
+    }
+
+    async fn set_grant_status(
+        &self,
+        grant_id: Uuid,
+        status: GrantStatus,
+        updated_at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE grants SET status = ?2, updated_at = ?3 WHERE id = ?1")
+            .bind(grant_id)
+            .bind(status.as_str())
+            .bind(micros(updated_at))
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn delete_grant(&self, connection_id: Uuid, subject: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        sqlx::query("DELETE FROM tokens WHERE connection_id = ?1 AND subject = ?2")
+            .bind(connection_id)
+            .bind(subject)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let done = sqlx::query("DELETE FROM grants WHERE connection_id = ?1 AND subject = ?2")
+            .bind(connection_id)
+            .bind(subject)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+}
+
+fn json(v: &[String]) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| corrupt("scopes", e))
+}
+
+fn unjson(s: String) -> Result<Vec<String>, StoreError> {
+    serde_json::from_str(&s).map_err(|e| corrupt("scopes", e))
+}
+
+fn grant(r: &SqliteRow) -> Result<GrantRecord, StoreError> {
+    let status: String = r.try_get("status").map_err(db_err)?;
+    Ok(GrantRecord {
+        id: r.try_get("id").map_err(db_err)?,
+        connection_id: r.try_get("connection_id").map_err(db_err)?,
+        subject: r.try_get("subject").map_err(db_err)?,
+        refresh_token: r.try_get("refresh_token").map_err(db_err)?,
+        scopes: unjson(r.try_get("scopes").map_err(db_err)?)?,
+        status: GrantStatus::parse(&status).ok_or_else(|| corrupt("grant status", status))?,
+        created_at: from_micros(r.try_get("created_at").map_err(db_err)?)?,
+        updated_at: from_micros(r.try_get("updated_at").map_err(db_err)?)?,
+    })
+}
+
+/// Stores a token unless the stored one is fresher (same connection version, later expiry)
+/// or from a newer connection version: a slow writer never replaces a better token.
+fn upsert_token(
+    t: &TokenRecord,
+) -> Result<sqlx::query::Query<'static, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>, StoreError> {
+    Ok(sqlx::query(
+        "INSERT INTO tokens (connection_id, subject, connection_version, access_token, \
+         token_sha256, scopes, expires_at, fetched_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+         ON CONFLICT (connection_id, subject) DO UPDATE SET \
+           connection_version = excluded.connection_version, access_token = excluded.access_token, \
+           token_sha256 = excluded.token_sha256, scopes = excluded.scopes, \
+           expires_at = excluded.expires_at, fetched_at = excluded.fetched_at \
+         WHERE tokens.connection_version < excluded.connection_version \
+            OR (tokens.connection_version = excluded.connection_version \
+                AND tokens.expires_at <= excluded.expires_at)",
+    )
+    .bind(t.connection_id)
+    .bind(t.subject.clone())
+    .bind(t.connection_version)
+    .bind(t.access_token.clone())
+    .bind(t.token_sha256.clone())
+    .bind(json(&t.scopes)?)
+    .bind(micros(t.expires_at))
+    .bind(micros(t.fetched_at)))
 }

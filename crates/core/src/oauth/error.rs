@@ -30,6 +30,9 @@ pub enum ProviderError {
     Unavailable {
         reason: String,
         retry_after: Option<Duration>,
+        /// The request provably never reached the provider (connect failure), so even a
+        /// non-idempotent grant may be sent again.
+        never_sent: bool,
     },
 }
 
@@ -37,6 +40,16 @@ impl ProviderError {
     /// Whether a retry may succeed (the request did not get a definitive answer).
     pub fn is_transient(&self) -> bool {
         matches!(self, ProviderError::Unavailable { .. })
+    }
+
+    pub fn never_sent(&self) -> bool {
+        matches!(
+            self,
+            ProviderError::Unavailable {
+                never_sent: true,
+                ..
+            }
+        )
     }
 
     /// The OAuth error code, when the provider sent one.

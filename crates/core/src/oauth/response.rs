@@ -54,6 +54,7 @@ pub fn parse_token_response(
             return Err(ProviderError::Unavailable {
                 reason: format!("HTTP {status} ({code})"),
                 retry_after: None,
+                never_sent: false,
             });
         }
         return Err(ProviderError::OAuth {
@@ -77,6 +78,7 @@ pub fn parse_token_response(
             return Err(ProviderError::Unavailable {
                 reason: format!("HTTP {status}"),
                 retry_after: None,
+                never_sent: false,
             });
         }
         _ => return Err(ProviderError::Refused { status }),

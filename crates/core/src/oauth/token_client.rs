@@ -45,21 +45,33 @@ impl Default for TokenClientConfig {
 }
 
 /// The grant being requested.
-pub enum Grant {
+pub enum Grant<'a> {
     ClientCredentials,
+    /// RFC 6749 §4.1.3 with the PKCE verifier (RFC 7636 §4.5).
+    AuthorizationCode {
+        code: &'a str,
+        code_verifier: &'a SecretString,
+        redirect_uri: &'a str,
+    },
+    RefreshToken(&'a SecretString),
 }
 
-impl Grant {
+impl Grant<'_> {
     fn grant_type(&self) -> &'static str {
         match self {
             Grant::ClientCredentials => "client_credentials",
+            Grant::AuthorizationCode { .. } => "authorization_code",
+            Grant::RefreshToken(_) => "refresh_token",
         }
     }
 
-    /// Only requests whose repetition cannot hurt are retried after an unknown outcome.
+    /// Whether a request whose outcome is unknown (timeout, 5xx) may be sent again. A code
+    /// or refresh token may already have been consumed: sending it twice can make the
+    /// provider revoke the whole grant (RFC 9700 §4.14.2).
     fn idempotent(&self) -> bool {
         match self {
             Grant::ClientCredentials => true,
+            Grant::AuthorizationCode { .. } | Grant::RefreshToken(_) => false,
         }
     }
 }
@@ -73,9 +85,11 @@ pub struct ClientCredentials<'a> {
 pub struct TokenRequest<'a> {
     pub token_url: &'a Url,
     pub credentials: ClientCredentials<'a>,
-    pub grant: Grant,
+    pub grant: Grant<'a>,
+    /// Sent as `scope` for client credentials when not empty.
     pub scopes: &'a [String],
-    pub audience: &'a str,
+    /// Sent as `audience` when `Some`.
+    pub audience: Option<&'a str>,
     pub extra_params: &'a BTreeMap<String, String>,
     pub default_expires_in: Duration,
 }
@@ -146,41 +160,148 @@ impl TokenClient {
     async fn fetch_once(&self, req: &TokenRequest<'_>) -> Result<TokenResponse, ProviderError> {
         let mut form: Vec<(&str, &str)> = vec![("grant_type", req.grant.grant_type())];
         let scope = req.scopes.join(" ");
-        if !scope.is_empty() {
-            form.push(("scope", &scope));
+        match &req.grant {
+            Grant::ClientCredentials => {
+                if !scope.is_empty() {
+                    form.push(("scope", &scope));
+                }
+            }
+            Grant::AuthorizationCode {
+                code,
+                code_verifier,
+                redirect_uri,
+            } => {
+                form.push(("code", code));
+                form.push(("redirect_uri", redirect_uri));
+                form.push(("code_verifier", code_verifier.expose_secret()));
+            }
+            Grant::RefreshToken(rt) => form.push(("refresh_token", rt.expose_secret())),
         }
-        if !req.audience.is_empty() {
-            form.push(("audience", req.audience));
+        if let Some(audience) = req.audience {
+            form.push(("audience", audience));
         }
         for (k, v) in req.extra_params {
             form.push((k, v));
         }
-        let secret = req.credentials.client_secret.expose_secret();
-        let mut builder = self
+        let builder = self.authenticated_post(req.token_url, &req.credentials, &mut form)?;
+        let resp = builder
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| unavailable(&e, &self.config))?;
+        let (status, content_type, retry_after, body) = self.read(resp).await?;
+
+        let mut secrets = vec![req.credentials.client_secret.expose_secret()];
+        if let Grant::RefreshToken(rt) = &req.grant {
+            secrets.push(rt.expose_secret());
+        }
+        match parse_token_response(
+            status.as_u16(),
+            content_type.as_deref(),
+            &body,
+            req.default_expires_in,
+            req.scopes,
+            &secrets,
+        ) {
+            Err(ProviderError::Unavailable { reason, .. }) => Err(ProviderError::Unavailable {
+                reason,
+                retry_after,
+                never_sent: false,
+            }),
+            other => other,
+        }
+    }
+
+    /// RFC 7009 revocation of `token`. Any 2xx is success (the RFC answers 200 even for
+    /// unknown tokens). Sent again only when it provably never left (connect failure).
+    pub async fn revoke(
+        &self,
+        revocation_url: &Url,
+        credentials: &ClientCredentials<'_>,
+        token: &SecretString,
+    ) -> Result<(), ProviderError> {
+        let mut attempt = 1;
+        loop {
+            let mut form: Vec<(&str, &str)> = vec![("token", token.expose_secret())];
+            let builder = self.authenticated_post(revocation_url, credentials, &mut form)?;
+            let resp = match builder.form(&form).send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    let err = unavailable(&e, &self.config);
+                    if err.never_sent() && attempt < self.config.max_attempts {
+                        attempt += 1;
+                        tokio::time::sleep(jitter(self.config.initial_backoff)).await;
+                        continue;
+                    }
+                    return Err(err);
+                }
+            };
+            let (status, content_type, retry_after, body) = self.read(resp).await?;
+            if status.is_success() {
+                return Ok(());
+            }
+            let secrets = [
+                credentials.client_secret.expose_secret(),
+                token.expose_secret(),
+            ];
+            // The token endpoint's error classification applies; 2xx was handled above.
+            return match parse_token_response(
+                status.as_u16(),
+                content_type.as_deref(),
+                &body,
+                Duration::from_secs(1),
+                &[],
+                &secrets,
+            ) {
+                Err(ProviderError::Unavailable { reason, .. }) => Err(ProviderError::Unavailable {
+                    reason,
+                    retry_after,
+                    never_sent: false,
+                }),
+                Err(e) => Err(e),
+                Ok(_) => Err(ProviderError::BadResponse {
+                    reason: format!("revocation answered HTTP {status}"),
+                }),
+            };
+        }
+    }
+
+    /// A POST with `Accept: application/json`, the client authenticated as `credentials`
+    /// says: a Basic header, or the id and secret appended to the form.
+    fn authenticated_post<'f>(
+        &self,
+        url: &Url,
+        credentials: &ClientCredentials<'f>,
+        form: &mut Vec<(&'f str, &'f str)>,
+    ) -> Result<reqwest::RequestBuilder, ProviderError> {
+        let builder = self
             .http
-            .post(req.token_url.clone())
+            .post(url.clone())
             .header(ACCEPT, "application/json");
-        match req.credentials.auth {
+        let secret = credentials.client_secret.expose_secret();
+        Ok(match credentials.auth {
             ClientAuth::Post => {
-                form.push(("client_id", req.credentials.client_id));
+                form.push(("client_id", credentials.client_id));
                 form.push(("client_secret", secret));
+                builder
             }
             ClientAuth::Basic | ClientAuth::Unspecified => {
-                let header = basic_auth(req.credentials.client_id, secret);
+                let header = basic_auth(credentials.client_id, secret);
                 let mut value = reqwest::header::HeaderValue::from_str(header.expose_secret())
                     .map_err(|_| ProviderError::BadResponse {
                         reason: "client credentials cannot be sent in a header".into(),
                     })?;
                 value.set_sensitive(true);
-                builder = builder.header(AUTHORIZATION, value);
+                builder.header(AUTHORIZATION, value)
             }
-        }
-        let builder = builder.form(&form);
+        })
+    }
 
-        let mut resp = builder
-            .send()
-            .await
-            .map_err(|e| unavailable(&e, &self.config))?;
+    /// Status, content type, Retry-After and the body, read up to the cap.
+    async fn read(
+        &self,
+        mut resp: reqwest::Response,
+    ) -> Result<(StatusCode, Option<String>, Option<Duration>, Vec<u8>), ProviderError> {
         let status = resp.status();
         let content_type = resp
             .headers()
@@ -193,7 +314,6 @@ impl TokenClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-
         let mut body = Vec::new();
         while let Some(chunk) = resp
             .chunk()
@@ -209,31 +329,13 @@ impl TokenClient {
                     ProviderError::Unavailable {
                         reason: format!("HTTP {} with an oversized body", status.as_u16()),
                         retry_after,
+                        never_sent: false,
                     }
                 });
             }
             body.extend_from_slice(&chunk);
         }
-
-        let result = parse_token_response(
-            status.as_u16(),
-            content_type.as_deref(),
-            &body,
-            req.default_expires_in,
-            req.scopes,
-            &[secret],
-        );
-        match result {
-            Err(ProviderError::Unavailable { reason, .. })
-                if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() =>
-            {
-                Err(ProviderError::Unavailable {
-                    reason,
-                    retry_after,
-                })
-            }
-            other => other,
-        }
+        Ok((status, content_type, retry_after, body))
     }
 }
 
@@ -243,6 +345,8 @@ fn unavailable(e: &reqwest::Error, config: &TokenClientConfig) -> ProviderError 
     let reason = if e.is_timeout() {
         format!("no answer within {:?}", config.request_timeout)
     } else if e.is_connect() {
+        // Connecting failed: the request provably never left, so even a refresh token may
+        // be sent again.
         let refused = std::error::Error::source(e)
             .map(|s| {
                 format!("{s:?}").contains("ConnectionRefused") || s.to_string().contains("refused")
@@ -261,6 +365,7 @@ fn unavailable(e: &reqwest::Error, config: &TokenClientConfig) -> ProviderError 
     ProviderError::Unavailable {
         reason,
         retry_after: None,
+        never_sent: e.is_connect(),
     }
 }
 

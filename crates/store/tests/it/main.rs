@@ -12,7 +12,10 @@ use tokenvend_core::{
     connection::{ConnectionSettings, EndpointPolicy},
     crypto::{Envelope, KeyRing, WrappedDek},
     ids::{ConnectionKey, ProviderId, TenantId},
-    store::{ConnectionRecord, Store, StoreError, TenantRecord, TokenRecord},
+    store::{
+        ConnectionRecord, GrantRecord, GrantStatus, PendingAuthorization, Store, StoreError,
+        TenantRecord, TokenRecord,
+    },
 };
 use tokenvend_testkit::postgres::PgCluster;
 use uuid::Uuid;
@@ -48,6 +51,8 @@ both!(
     data_keys_and_envelope_across_restarts,
     secrets_are_encrypted_at_rest,
     concurrent_puts_do_not_lose_updates,
+    pending_authorizations_are_single_use,
+    grants_and_refreshes,
 );
 
 fn at(s: i64) -> OffsetDateTime {
@@ -425,4 +430,186 @@ async fn concurrent_puts_do_not_lose_updates(s: Arc<dyn Store>) {
     versions.sort();
     // every writer got its own version: none overwrote another unseen
     assert_eq!(versions, [1, 2, 3, 4]);
+}
+
+async fn pending_authorizations_are_single_use(s: Arc<dyn Store>) {
+    let t = tenant("acme");
+    s.create_tenant(&t).await.unwrap();
+    let c = conn(&t, "p", 1);
+    s.put_connection(&c, None).await.unwrap();
+    let pending = |state: u8, expires: i64| PendingAuthorization {
+        state_sha256: vec![state; 32],
+        id: Uuid::now_v7(),
+        connection_id: c.id,
+        subject: "alice".into(),
+        code_verifier: vec![7; 40],
+        redirect_uri: "https://tv.example/oauth/callback".into(),
+        scopes: vec!["openid".into()],
+        expires_at: at(expires),
+        created_at: at(0),
+    };
+    let p1 = pending(1, 600);
+    s.insert_pending_authorization(&p1).await.unwrap();
+    s.insert_pending_authorization(&pending(2, 10))
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.insert_pending_authorization(&p1).await,
+        Err(StoreError::AlreadyExists)
+    ));
+    assert_eq!(
+        s.take_pending_authorization(&[1; 32])
+            .await
+            .unwrap()
+            .unwrap(),
+        p1
+    );
+    assert!(
+        s.take_pending_authorization(&[1; 32])
+            .await
+            .unwrap()
+            .is_none(),
+        "replay"
+    );
+    assert!(
+        s.take_pending_authorization(&[9; 32])
+            .await
+            .unwrap()
+            .is_none(),
+        "unknown"
+    );
+    assert_eq!(s.delete_expired_authorizations(at(100)).await.unwrap(), 1);
+    assert!(
+        s.take_pending_authorization(&[2; 32])
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn grants_and_refreshes(s: Arc<dyn Store>) {
+    let t = tenant("acme");
+    s.create_tenant(&t).await.unwrap();
+    let c = conn(&t, "p", 1);
+    s.put_connection(&c, None).await.unwrap();
+    let g = GrantRecord {
+        id: Uuid::now_v7(),
+        connection_id: c.id,
+        subject: "alice".into(),
+        refresh_token: Some(vec![1]),
+        scopes: vec!["a".into()],
+        status: GrantStatus::Active,
+        created_at: at(0),
+        updated_at: at(0),
+    };
+    let mut tok = token(&c, 1, 100, 5);
+    tok.subject = "alice".into();
+    s.put_grant(&g, false, Some(&tok)).await.unwrap();
+    assert!(matches!(
+        s.put_grant(
+            &GrantRecord {
+                id: Uuid::now_v7(),
+                ..g.clone()
+            },
+            false,
+            None
+        )
+        .await,
+        Err(StoreError::AlreadyExists)
+    ));
+    assert_eq!(s.get_grant(c.id, "alice").await.unwrap().unwrap(), g);
+    assert_eq!(
+        s.load_token(c.id, "alice")
+            .await
+            .unwrap()
+            .unwrap()
+            .access_token,
+        vec![5]
+    );
+
+    // a refresh without rotation keeps the refresh token; with rotation replaces it
+    let mut t2 = tok.clone();
+    t2.access_token = vec![6];
+    t2.expires_at = at(200);
+    s.save_refreshed(g.id, None, &t2).await.unwrap();
+    assert_eq!(
+        s.get_grant(c.id, "alice")
+            .await
+            .unwrap()
+            .unwrap()
+            .refresh_token,
+        Some(vec![1])
+    );
+    assert_eq!(
+        s.load_token(c.id, "alice")
+            .await
+            .unwrap()
+            .unwrap()
+            .access_token,
+        vec![6]
+    );
+    let mut t3 = t2.clone();
+    t3.access_token = vec![7];
+    t3.expires_at = at(300);
+    s.save_refreshed(g.id, Some(&[2]), &t3).await.unwrap();
+    assert_eq!(
+        s.get_grant(c.id, "alice")
+            .await
+            .unwrap()
+            .unwrap()
+            .refresh_token,
+        Some(vec![2])
+    );
+    assert!(matches!(
+        s.save_refreshed(Uuid::now_v7(), None, &t3).await,
+        Err(StoreError::Conflict)
+    ));
+
+    s.set_grant_status(g.id, GrantStatus::ReauthorizationRequired, at(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_grant(c.id, "alice").await.unwrap().unwrap().status,
+        GrantStatus::ReauthorizationRequired
+    );
+    // re-authorization replaces the refresh token, reactivates, and drops the old access token
+    let again = GrantRecord {
+        refresh_token: Some(vec![3]),
+        status: GrantStatus::Active,
+        updated_at: at(9),
+        ..g.clone()
+    };
+    s.put_grant(&again, true, None).await.unwrap();
+    assert_eq!(s.get_grant(c.id, "alice").await.unwrap().unwrap(), again);
+    assert!(s.load_token(c.id, "alice").await.unwrap().is_none());
+
+    let bob = GrantRecord {
+        id: Uuid::now_v7(),
+        subject: "bob".into(),
+        ..g.clone()
+    };
+    s.put_grant(&bob, false, None).await.unwrap();
+    let subjects: Vec<_> = s
+        .list_grants(c.id, None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|g| g.subject)
+        .collect();
+    assert_eq!(subjects, ["alice", "bob"]);
+    assert_eq!(
+        s.list_grants(c.id, Some("alice"), 10).await.unwrap().len(),
+        1
+    );
+
+    s.save_refreshed(g.id, None, &t3).await.unwrap();
+    assert!(s.delete_grant(c.id, "alice").await.unwrap());
+    assert!(
+        s.load_token(c.id, "alice").await.unwrap().is_none(),
+        "its token goes with it"
+    );
+    assert!(!s.delete_grant(c.id, "alice").await.unwrap());
+    // deleting the connection takes the rest
+    assert!(s.delete_connection(&key(&t, "p")).await.unwrap());
+    assert!(s.get_grant(c.id, "bob").await.unwrap().is_none());
 }
