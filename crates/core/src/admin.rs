@@ -14,9 +14,11 @@ use crate::{
     connection::{ConnectionSettings, Effective, EndpointPolicy},
     crypto::Envelope,
     error::{Error, InvalidInput, Result},
+    grants::{Grants, Revoked},
     ids::{ConnectionKey, TenantId},
+    oauth::{ClientCredentials, Grant, ProviderError, TokenClient, TokenRequest},
     store::{ConnectionRecord, Store, StoreError, TenantRecord},
-    vend::connection_aad,
+    vend::{connection_aad, load_connection_of},
 };
 
 const DEFAULT_PAGE: u32 = 100;
@@ -31,7 +33,7 @@ pub struct PageRequest {
 
 impl PageRequest {
     /// (limit, the last key of the previous page).
-    fn parse(&self) -> Result<(u32, Option<String>), InvalidInput> {
+    pub(crate) fn parse(&self) -> Result<(u32, Option<String>), InvalidInput> {
         let size = match self.page_size {
             n if n < 0 => return Err(InvalidInput::new("page_size", "must not be negative")),
             0 => DEFAULT_PAGE,
@@ -51,7 +53,7 @@ impl PageRequest {
     }
 }
 
-fn next_page_token(last: Option<&str>, more: bool) -> String {
+pub(crate) fn next_page_token(last: Option<&str>, more: bool) -> String {
     match last {
         Some(k) if more => URL_SAFE_NO_PAD.encode(format!("v1:{k}")),
         _ => String::new(),
@@ -82,6 +84,8 @@ pub struct Admin {
     cache: Arc<TokenCache>,
     clock: Arc<dyn Clock>,
     policy: EndpointPolicy,
+    client: TokenClient,
+    grants: Arc<Grants>,
 }
 
 impl Admin {
@@ -91,6 +95,8 @@ impl Admin {
         cache: Arc<TokenCache>,
         clock: Arc<dyn Clock>,
         policy: EndpointPolicy,
+        client: TokenClient,
+        grants: Arc<Grants>,
     ) -> Self {
         Self {
             store,
@@ -98,6 +104,8 @@ impl Admin {
             cache,
             clock,
             policy,
+            client,
+            grants,
         }
     }
 
@@ -288,11 +296,8 @@ impl Admin {
     }
 
     pub async fn get_connection(&self, key: &ConnectionKey) -> Result<ConnectionView> {
-        let record = self.store.get_connection(key).await?;
-        match record {
-            Some(r) => self.to_view(r),
-            None => Err(self.not_found(key).await),
-        }
+        let record = load_connection_of(self.store.as_ref(), key).await?;
+        self.to_view(record)
     }
 
     pub async fn list_connections(
@@ -318,12 +323,105 @@ impl Admin {
         Ok((views, next))
     }
 
-    pub async fn delete_connection(&self, key: &ConnectionKey) -> Result<()> {
+    /// Revokes the connection's end-user grants at the provider, then deletes it. A
+    /// revocation failure keeps the connection (and the grants not yet revoked) unless
+    /// `force`, which deletes locally and reports what it skipped.
+    pub async fn delete_connection(&self, key: &ConnectionKey, force: bool) -> Result<Revoked> {
+        let conn = load_connection_of(self.store.as_ref(), key).await?;
+        let revoked = self.grants.revoke_all(&conn, force).await?;
         if !self.store.delete_connection(key).await? {
             return Err(self.not_found(key).await);
         }
         self.cache.retire_connection(key);
-        Ok(())
+        Ok(revoked)
+    }
+
+    /// Replaces the client secret once a token request with it succeeds; otherwise the old
+    /// one stays and the error says why. The old secret is not needed (Enode invalidates it
+    /// the moment a new one is generated).
+    pub async fn rotate_client_secret(
+        &self,
+        key: &ConnectionKey,
+        secret: SecretString,
+    ) -> Result<ConnectionView> {
+        if secret.expose_secret().is_empty() || secret.expose_secret().len() > 4096 {
+            return Err(
+                InvalidInput::new("client_secret", "is required (at most 4096 bytes)").into(),
+            );
+        }
+        let conn = load_connection_of(self.store.as_ref(), key).await?;
+        if conn.api_key.is_some() {
+            return Err(InvalidInput::new(
+                "client_secret",
+                "this connection holds a static api_key; put a client secret with PutConnection instead",
+            )
+            .into());
+        }
+        let settings: ConnectionSettings = serde_json::from_str(&conn.settings)
+            .map_err(|e| StoreError::Database(format!("connection {} settings: {e}", conn.id)))?;
+        let effective = settings
+            .resolve(self.policy)
+            .map_err(|e| Error::ConnectionInvalid {
+                tenant: key.tenant.to_string(),
+                provider: key.provider.to_string(),
+                reason: e.to_string(),
+            })?;
+        let token_url = effective
+            .token_url
+            .as_ref()
+            .ok_or_else(|| Error::MissingCredential {
+                tenant: key.tenant.to_string(),
+                provider: key.provider.to_string(),
+                missing: "token_url",
+            })?;
+        let verified = self
+            .client
+            .fetch(&TokenRequest {
+                token_url,
+                credentials: ClientCredentials {
+                    auth: effective.client_auth,
+                    client_id: &effective.client_id,
+                    client_secret: &secret,
+                },
+                grant: Grant::ClientCredentials,
+                scopes: &effective.scopes,
+                audience: (effective.always_send_audience || !effective.audience.is_empty())
+                    .then_some(effective.audience.as_str()),
+                extra_params: &effective.extra_params,
+                default_expires_in: effective.default_expires_in,
+            })
+            .await;
+        match verified {
+            Ok(_) => {}
+            // The client authenticated, it just may not use this grant (an authorization-
+            // code-only client): the secret is right.
+            Err(ProviderError::OAuth { code, .. })
+                if code == "unauthorized_client" || code == "unsupported_grant_type" => {}
+            Err(e) => return Err(Error::SecretRejected(e)),
+        }
+        let record = ConnectionRecord {
+            client_secret: Some(
+                self.encrypt_secret(conn.id, "client_secret", &secret)
+                    .await?,
+            ),
+            secret_fingerprint: fingerprint(conn.id, &secret),
+            version: conn.version + 1,
+            updated_at: self.clock.now(),
+            ..conn.clone()
+        };
+        match self.store.put_connection(&record, Some(conn.version)).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict) => {
+                return Err(StoreError::Database(
+                    "the connection changed during the rotation; rotate again".into(),
+                )
+                .into());
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.cache.retire_connection(key);
+        tracing::info!(tenant = %key.tenant, provider = %key.provider, version = record.version, "client secret rotated");
+        self.to_view(record)
     }
 
     async fn not_found(&self, key: &ConnectionKey) -> Error {

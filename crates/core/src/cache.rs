@@ -91,6 +91,11 @@ impl TokenCache {
         drop(guard);
     }
 
+    /// Drops one token (e.g. after a new authorization or a refused refresh).
+    pub fn remove(&self, key: &TokenKey) {
+        self.tokens.remove(key);
+    }
+
     /// Drops one token (e.g. reported dead), unless it was already replaced.
     pub fn remove_if(&self, key: &TokenKey, pred: impl FnOnce(&CachedToken) -> bool) -> bool {
         self.tokens.remove_if(key, |_, v| pred(v)).is_some()

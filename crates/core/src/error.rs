@@ -60,6 +60,33 @@ pub enum Error {
     },
     #[error(transparent)]
     Provider(#[from] ProviderError),
+    /// The end user must authorize again (refresh token refused or never issued).
+    #[error(
+        "the grant of subject {subject:?} on connection {provider:?} of tenant {tenant:?} needs the end user to authorize again: {detail}; start a new authorization with StartAuthorization"
+    )]
+    ReauthorizationRequired {
+        tenant: String,
+        provider: String,
+        subject: String,
+        detail: &'static str,
+    },
+    /// Revoking at the provider failed; nothing was deleted.
+    #[error(
+        "revocation at the provider failed after {revoked} grant(s) were revoked; the rest are kept (retry, or set force to delete locally): {source}"
+    )]
+    RevocationFailed {
+        revoked: usize,
+        source: ProviderError,
+    },
+    /// The new client secret did not obtain a token; the old one stays.
+    #[error("the new client secret was not accepted, the old one stays: {0}")]
+    SecretRejected(ProviderError),
+    /// Our own limit (e.g. invalidation-triggered refreshes per key).
+    #[error("{what}; retry in {retry_after:?}")]
+    RateLimited {
+        what: &'static str,
+        retry_after: Duration,
+    },
     /// Even a token fetched just now would not live as long as the caller asked.
     #[error(
         "min_ttl_seconds={requested_secs} cannot be met: the provider issues tokens valid for {lifetime_secs} s"

@@ -11,6 +11,7 @@ pub mod connection;
 pub mod crypto;
 pub mod error;
 pub mod flight;
+pub mod grants;
 pub mod ids;
 pub mod oauth;
 pub mod store;

@@ -203,6 +203,7 @@ pub trait Store: DataKeyStore {
         &self,
         key: &ConnectionKey,
     ) -> Result<Option<ConnectionRecord>, StoreError>;
+    async fn get_connection_by_id(&self, id: Uuid) -> Result<Option<ConnectionRecord>, StoreError>;
     async fn list_connections(
         &self,
         tenant: &TenantId,

@@ -6,7 +6,10 @@ use uuid::Uuid;
 use crate::{
     crypto::WrappedDek,
     ids::{ConnectionKey, TenantId},
-    store::{ConnectionRecord, DataKeyStore, Store, StoreError, TenantRecord, TokenRecord},
+    store::{
+        ConnectionRecord, DataKeyStore, GrantRecord, GrantStatus, PendingAuthorization, Store,
+        StoreError, TenantRecord, TokenRecord,
+    },
 };
 
 /// A store that fails the test on any use: proves a path (the cache hit) never touches
@@ -46,6 +49,9 @@ impl Store for UnreachableStore {
     ) -> Result<Option<ConnectionRecord>, StoreError> {
         unreachable!("the store must not be used here")
     }
+    async fn get_connection_by_id(&self, _: Uuid) -> Result<Option<ConnectionRecord>, StoreError> {
+        unreachable!("the store must not be used here")
+    }
     async fn list_connections(
         &self,
         _: &TenantId,
@@ -67,6 +73,62 @@ impl Store for UnreachableStore {
         unreachable!("the store must not be used here")
     }
     async fn invalidate_token(&self, _: Uuid, _: &str, _: &[u8]) -> Result<bool, StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    async fn insert_pending_authorization(
+        &self,
+        _: &PendingAuthorization,
+    ) -> Result<(), StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    async fn take_pending_authorization(
+        &self,
+        _: &[u8],
+    ) -> Result<Option<PendingAuthorization>, StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    async fn delete_expired_authorizations(
+        &self,
+        _: time::OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    async fn get_grant(&self, _: Uuid, _: &str) -> Result<Option<GrantRecord>, StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    async fn list_grants(
+        &self,
+        _: Uuid,
+        _: Option<&str>,
+        _: u32,
+    ) -> Result<Vec<GrantRecord>, StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    async fn put_grant(
+        &self,
+        _: &GrantRecord,
+        _: bool,
+        _: Option<&TokenRecord>,
+    ) -> Result<(), StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    async fn save_refreshed(
+        &self,
+        _: Uuid,
+        _: Option<&[u8]>,
+        _: &TokenRecord,
+    ) -> Result<(), StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    async fn set_grant_status(
+        &self,
+        _: Uuid,
+        _: GrantStatus,
+        _: time::OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    async fn delete_grant(&self, _: Uuid, _: &str) -> Result<bool, StoreError> {
         unreachable!("the store must not be used here")
     }
 }

@@ -16,8 +16,8 @@ use crate::{
     error::{Error, Result},
     flight::{SingleFlight, Waited},
     ids::TokenKey,
-    oauth::{ClientCredentials, Grant, TokenClient, TokenRequest},
-    store::{ConnectionRecord, Store, StoreError, TokenRecord},
+    oauth::{ClientCredentials, Grant, ProviderError, TokenClient, TokenRequest},
+    store::{ConnectionRecord, GrantStatus, Store, StoreError, TokenRecord},
 };
 
 pub(crate) const CONNECTIONS: &str = "connections";
@@ -29,6 +29,9 @@ pub struct VendorConfig {
     pub default_min_ttl: Duration,
     /// Upper bound on any caller's wait, whatever its deadline.
     pub max_wait: Duration,
+    /// At most one invalidation-triggered refresh per key in this interval (eDRV asks not
+    /// to request tokens excessively; a caller misreporting a good token must not make us).
+    pub invalidate_min_interval: Duration,
     pub policy: EndpointPolicy,
 }
 
@@ -37,6 +40,7 @@ impl Default for VendorConfig {
         Self {
             default_min_ttl: Duration::from_secs(60),
             max_wait: Duration::from_secs(30),
+            invalidate_min_interval: Duration::from_secs(10),
             policy: EndpointPolicy::default(),
         }
     }
@@ -55,6 +59,8 @@ struct Inner {
 pub struct Vendor {
     inner: Arc<Inner>,
     flights: SingleFlight<TokenKey, Arc<CachedToken>, Error>,
+    /// When each key was last invalidated, for `invalidate_min_interval`.
+    invalidated_at: dashmap::DashMap<TokenKey, time::OffsetDateTime>,
 }
 
 impl Vendor {
@@ -76,6 +82,7 @@ impl Vendor {
                 config,
             }),
             flights: SingleFlight::new(),
+            invalidated_at: dashmap::DashMap::new(),
         }
     }
 
@@ -154,6 +161,27 @@ impl Vendor {
     pub async fn invalidate(&self, key: TokenKey, reported: &[u8]) -> Result<bool> {
         let digest = Sha256::digest(reported);
         let conn = load_connection(&self.inner, &key).await?;
+        let now = self.inner.clock.now();
+        if let Some(last) = self.invalidated_at.get(&key).map(|t| *t) {
+            let since = now - last;
+            let interval = self.inner.config.invalidate_min_interval;
+            if since < interval {
+                // Only a report about the current token would cause a refresh.
+                let current = self
+                    .inner
+                    .store
+                    .load_token(conn.id, key.subject.as_str())
+                    .await?
+                    .is_some_and(|t| t.token_sha256 == digest.as_slice());
+                if current {
+                    return Err(Error::RateLimited {
+                        what: "this token was already invalidated moments ago and its replacement is reported dead too; check the caller",
+                        retry_after: (interval - since).try_into().unwrap_or(interval),
+                    });
+                }
+                return Ok(false);
+            }
+        }
         let in_store = self
             .inner
             .store
@@ -165,6 +193,7 @@ impl Vendor {
         });
         if in_store || in_memory {
             tracing::info!(tenant = %key.tenant, provider = %key.provider, "token invalidated by a caller");
+            self.invalidated_at.insert(key, now);
         }
         Ok(in_store || in_memory)
     }
@@ -183,13 +212,16 @@ fn unsatisfiable(min_ttl: Duration, lifetime: Duration) -> Error {
 }
 
 /// The one fetch for a key: the shared store first (another replica, or this one before a
-/// restart, may hold a fresh token), then the provider.
+/// restart, may hold a fresh token), then the provider — client credentials for the
+/// connection itself, the refresh token for an end user's grant.
 async fn fetch(inner: &Inner, key: TokenKey, min_ttl: Duration) -> Result<Arc<CachedToken>> {
     // Read before the connection: a change after this point fences our insert.
     let epoch = inner.cache.epoch(&key.connection());
     let conn = load_connection(inner, &key).await?;
 
-    if let Some(ct) = &conn.api_key {
+    if key.subject.is_client()
+        && let Some(ct) = &conn.api_key
+    {
         let api_key = inner
             .envelope
             .decrypt_string(connection_aad(conn.id, "api_key"), ct)
@@ -204,13 +236,6 @@ async fn fetch(inner: &Inner, key: TokenKey, min_ttl: Duration) -> Result<Arc<Ca
         inner.cache.insert_if_current(key, token.clone(), epoch);
         return Ok(token);
     }
-    if !key.subject.is_client() {
-        return Err(Error::GrantNotFound {
-            tenant: key.tenant.to_string(),
-            provider: key.provider.to_string(),
-            subject: key.subject.to_string(),
-        });
-    }
 
     let settings: ConnectionSettings = serde_json::from_str(&conn.settings)
         .map_err(|e| StoreError::Database(format!("connection {} settings: {e}", conn.id)))?;
@@ -223,25 +248,28 @@ async fn fetch(inner: &Inner, key: TokenKey, min_ttl: Duration) -> Result<Arc<Ca
                 reason: e.to_string(),
             })?;
 
-    let now = inner.clock.now();
-    if let Some(stored) = inner
-        .store
-        .load_token(conn.id, key.subject.as_str())
-        .await?
-        && stored.connection_version == conn.version
-        && stored.expires_at - now >= min_ttl
-    {
-        let access_token = inner
-            .envelope
-            .decrypt_string(token_aad(&conn, &key), &stored.access_token)
-            .await?;
-        let token = Arc::new(CachedToken {
-            access_token,
-            expires_at: Some(stored.expires_at),
-            scopes: stored.scopes,
-            issued_lifetime: (stored.expires_at - stored.fetched_at).try_into().ok(),
-            fresh_from_provider: false,
-        });
+    let grant = if key.subject.is_client() {
+        None
+    } else {
+        let grant = inner
+            .store
+            .get_grant(conn.id, key.subject.as_str())
+            .await?
+            .ok_or_else(|| Error::GrantNotFound {
+                tenant: key.tenant.to_string(),
+                provider: key.provider.to_string(),
+                subject: key.subject.to_string(),
+            })?;
+        if grant.status == GrantStatus::ReauthorizationRequired {
+            return Err(reauthorize(
+                &key,
+                "the provider refused its refresh token earlier",
+            ));
+        }
+        Some(grant)
+    };
+
+    if let Some(token) = stored_token(inner, &conn, &key, min_ttl).await? {
         inner.cache.insert_if_current(key, token.clone(), epoch);
         tracing::debug!("token loaded from the shared store");
         return Ok(token);
@@ -265,26 +293,156 @@ async fn fetch(inner: &Inner, key: TokenKey, min_ttl: Duration) -> Result<Arc<Ca
         .decrypt_string(connection_aad(conn.id, "client_secret"), secret_ct)
         .await?;
 
+    let Some(grant) = grant else {
+        let response = inner
+            .client
+            .fetch(&TokenRequest {
+                token_url,
+                credentials: ClientCredentials {
+                    auth: effective.client_auth,
+                    client_id: &effective.client_id,
+                    client_secret: &client_secret,
+                },
+                grant: Grant::ClientCredentials,
+                scopes: &effective.scopes,
+                audience: (effective.always_send_audience || !effective.audience.is_empty())
+                    .then_some(effective.audience.as_str()),
+                extra_params: &effective.extra_params,
+                default_expires_in: effective.default_expires_in,
+            })
+            .await?;
+        let (record, token) =
+            record_token(&inner.envelope, inner.clock.as_ref(), &conn, &key, response).await?;
+        // The token is good whether or not it could be shared: serve it either way.
+        if let Err(e) = inner.store.save_token(&record).await {
+            tracing::warn!(error = %e, "could not store the fetched token; serving it from memory only");
+        }
+        inner.cache.insert_if_current(key, token.clone(), epoch);
+        tracing::info!("fetched a token from the provider");
+        return Ok(token);
+    };
+
+    // An end user's grant: refresh. Never retried after an unknown outcome (the token
+    // client knows), never looped on invalid_grant.
+    let Some(rt_ct) = &grant.refresh_token else {
+        return Err(reauthorize(
+            &key,
+            "the provider issued no refresh token and the access token expired",
+        ));
+    };
+    let refresh_token = inner
+        .envelope
+        .decrypt_string(grant_aad(grant.id), rt_ct)
+        .await?;
     let response = inner
         .client
         .fetch(&TokenRequest {
             token_url,
             credentials: ClientCredentials {
-                auth: effective.client_auth,
+                auth: effective.user_grant_client_auth,
                 client_id: &effective.client_id,
                 client_secret: &client_secret,
             },
-            grant: Grant::ClientCredentials,
-            scopes: &effective.scopes,
-            audience: (effective.always_send_audience || !effective.audience.is_empty())
-                .then_some(effective.audience.as_str()),
+            grant: Grant::RefreshToken(&refresh_token),
+            scopes: &grant.scopes,
+            audience: None,
             extra_params: &effective.extra_params,
             default_expires_in: effective.default_expires_in,
         })
+        .await;
+    let response = match response {
+        Err(ProviderError::OAuth { code, .. }) if code == "invalid_grant" => {
+            inner
+                .store
+                .set_grant_status(
+                    grant.id,
+                    GrantStatus::ReauthorizationRequired,
+                    inner.clock.now(),
+                )
+                .await?;
+            inner.cache.remove(&key);
+            tracing::warn!(subject = %key.subject, "refresh token rejected (invalid_grant): the end user must authorize again");
+            return Err(reauthorize(
+                &key,
+                "the provider rejected the refresh token (invalid_grant)",
+            ));
+        }
+        other => other?,
+    };
+    let rotated = match &response.refresh_token {
+        Some(rt) => Some(
+            inner
+                .envelope
+                .encrypt(grant_aad(grant.id), rt.expose_secret().as_bytes())
+                .await?,
+        ),
+        None => None,
+    };
+    let (record, token) =
+        record_token(&inner.envelope, inner.clock.as_ref(), &conn, &key, response).await?;
+    // The provider may have rotated the refresh token: it is committed together with the
+    // access token before anyone sees the access token, or the grant would be lost.
+    inner
+        .store
+        .save_refreshed(grant.id, rotated.as_deref(), &record)
         .await?;
+    inner.cache.insert_if_current(key, token.clone(), epoch);
+    tracing::info!(rotated = rotated.is_some(), "refreshed an end-user token");
+    Ok(token)
+}
 
+fn reauthorize(key: &TokenKey, detail: &'static str) -> Error {
+    Error::ReauthorizationRequired {
+        tenant: key.tenant.to_string(),
+        provider: key.provider.to_string(),
+        subject: key.subject.to_string(),
+        detail,
+    }
+}
+
+/// The shared store's token, if it belongs to the current connection version and lives
+/// at least `min_ttl` longer.
+async fn stored_token(
+    inner: &Inner,
+    conn: &ConnectionRecord,
+    key: &TokenKey,
+    min_ttl: Duration,
+) -> Result<Option<Arc<CachedToken>>> {
+    let Some(stored) = inner
+        .store
+        .load_token(conn.id, key.subject.as_str())
+        .await?
+    else {
+        return Ok(None);
+    };
+    if stored.connection_version != conn.version || stored.expires_at - inner.clock.now() < min_ttl
+    {
+        return Ok(None);
+    }
+    let access_token = inner
+        .envelope
+        .decrypt_string(token_aad(conn, key), &stored.access_token)
+        .await?;
+    Ok(Some(Arc::new(CachedToken {
+        access_token,
+        expires_at: Some(stored.expires_at),
+        scopes: stored.scopes,
+        issued_lifetime: (stored.expires_at - stored.fetched_at).try_into().ok(),
+        fresh_from_provider: false,
+    })))
+}
+
+/// A provider's answer as a storable record (encrypted) and a cacheable token. Shared with
+/// the authorization-code exchange (`grants`).
+pub(crate) async fn record_token(
+    envelope: &Envelope,
+    clock: &dyn Clock,
+    conn: &ConnectionRecord,
+    key: &TokenKey,
+    response: crate::oauth::TokenResponse,
+) -> Result<(TokenRecord, Arc<CachedToken>)> {
     // Microsecond precision, as both databases store it: memory and store then agree.
-    let now = inner.clock.now();
+    let now = clock.now();
     let fetched_at = now
         .replace_nanosecond(now.nanosecond() / 1000 * 1000)
         .unwrap_or(now);
@@ -294,19 +452,12 @@ async fn fetch(inner: &Inner, key: TokenKey, min_ttl: Duration) -> Result<Arc<Ca
         connection_id: conn.id,
         subject: key.subject.as_str().to_owned(),
         connection_version: conn.version,
-        access_token: inner
-            .envelope
-            .encrypt(token_aad(&conn, &key), plaintext)
-            .await?,
+        access_token: envelope.encrypt(token_aad(conn, key), plaintext).await?,
         token_sha256: Sha256::digest(plaintext).to_vec(),
         scopes: response.scopes.clone(),
         expires_at,
         fetched_at,
     };
-    // The token is good whether or not it could be shared: serve it either way.
-    if let Err(e) = inner.store.save_token(&record).await {
-        tracing::warn!(error = %e, "could not store the fetched token; serving it from memory only");
-    }
     let token = Arc::new(CachedToken {
         access_token: response.access_token,
         expires_at: Some(expires_at),
@@ -314,18 +465,17 @@ async fn fetch(inner: &Inner, key: TokenKey, min_ttl: Duration) -> Result<Arc<Ca
         issued_lifetime: Some(response.expires_in),
         fresh_from_provider: true,
     });
-    inner.cache.insert_if_current(key, token.clone(), epoch);
-    tracing::info!(
-        expires_in = response.expires_in.as_secs(),
-        "fetched a token from the provider"
-    );
-    Ok(token)
+    Ok((record, token))
 }
 
-async fn load_connection(inner: &Inner, key: &TokenKey) -> Result<ConnectionRecord> {
-    match inner.store.get_connection(&key.connection()).await? {
+/// The connection, or which of tenant and connection is missing.
+pub(crate) async fn load_connection_of(
+    store: &dyn Store,
+    key: &crate::ids::ConnectionKey,
+) -> Result<ConnectionRecord> {
+    match store.get_connection(key).await? {
         Some(c) => Ok(c),
-        None => Err(if inner.store.get_tenant(&key.tenant).await?.is_none() {
+        None => Err(if store.get_tenant(&key.tenant).await?.is_none() {
             Error::TenantNotFound(key.tenant.to_string())
         } else {
             Error::ConnectionNotFound {
@@ -334,6 +484,10 @@ async fn load_connection(inner: &Inner, key: &TokenKey) -> Result<ConnectionReco
             }
         }),
     }
+}
+
+async fn load_connection(inner: &Inner, key: &TokenKey) -> Result<ConnectionRecord> {
+    load_connection_of(inner.store.as_ref(), &key.connection()).await
 }
 
 /// Connection secrets are bound to the connection's immutable row id and their column.
@@ -347,7 +501,17 @@ pub(crate) fn connection_aad(id: uuid::Uuid, column: &'static str) -> Aad<'stati
 }
 
 /// Token rows are keyed by (connection id, subject); both are immutable, so both are bound.
-fn token_aad<'a>(conn: &ConnectionRecord, key: &'a TokenKey) -> Aad<'a> {
+/// A grant's refresh token is bound to the grant's immutable row id.
+pub(crate) fn grant_aad(id: uuid::Uuid) -> Aad<'static> {
+    Aad {
+        table: "grants",
+        column: "refresh_token",
+        row: id,
+        qualifier: "",
+    }
+}
+
+pub(crate) fn token_aad<'a>(conn: &ConnectionRecord, key: &'a TokenKey) -> Aad<'a> {
     Aad {
         table: TOKENS,
         column: "access_token",

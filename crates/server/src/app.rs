@@ -10,6 +10,7 @@ use tokenvend_core::{
     clock::SystemClock,
     connection::EndpointPolicy,
     crypto::{Envelope, KeyRing},
+    grants::{Grants, GrantsConfig},
     oauth::{TokenClient, TokenClientConfig},
     vend::{Vendor, VendorConfig},
 };
@@ -107,15 +108,36 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         store.clone(),
         envelope.clone(),
         cache.clone(),
-        client,
+        client.clone(),
         clock.clone(),
         VendorConfig {
             default_min_ttl: args.default_min_ttl,
             max_wait: args.max_wait,
+            invalidate_min_interval: args.invalidate_min_interval,
             policy,
         },
     ));
-    let admin = Arc::new(Admin::new(store.clone(), envelope, cache, clock, policy));
+    let grants = Arc::new(Grants::new(
+        store.clone(),
+        envelope.clone(),
+        cache.clone(),
+        client.clone(),
+        clock.clone(),
+        GrantsConfig {
+            public_url: args.public_url.clone(),
+            authorization_ttl: args.authorization_ttl,
+            policy,
+        },
+    ));
+    let admin = Arc::new(Admin::new(
+        store.clone(),
+        envelope,
+        cache,
+        clock,
+        policy,
+        client,
+        grants.clone(),
+    ));
 
     let auth = ApiKeyAuth::new(args.bootstrap_admin_key.as_deref());
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -149,7 +171,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             auth.clone(),
         ))
         .add_service(AdminServiceServer::with_interceptor(
-            AdminApi::new(admin),
+            AdminApi::new(admin, grants.clone()),
             auth,
         ))
         .add_service(health_service)
@@ -159,7 +181,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             TcpListenerStream::new(grpc_listener),
             shutdown.clone().cancelled_owned(),
         );
-    let http = axum::serve(http_listener, crate::http::router(store))
+    let http = axum::serve(http_listener, crate::http::router(store, grants))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
 
     tracing::info!(grpc = %grpc_addr, http = %http_addr, database = if args.db.is_embedded() { "sqlite" } else { "postgres" }, "tokenvend listening");

@@ -92,6 +92,12 @@ pub struct ServeArgs {
     /// Timeout of one HTTP exchange with a provider's token endpoint.
     #[arg(long, env = "TOKENVEND_PROVIDER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub provider_timeout: Duration,
+    /// How long a started authorization-code flow may take (the end user's login included).
+    #[arg(long, env = "TOKENVEND_AUTHORIZATION_TTL", default_value = "10m", value_parser = parse_duration)]
+    pub authorization_ttl: Duration,
+    /// At most one invalidation-triggered refresh per token key in this interval.
+    #[arg(long, env = "TOKENVEND_INVALIDATE_MIN_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub invalidate_min_interval: Duration,
     /// Log format: human (default) or json (one object per line).
     #[arg(
         long,

@@ -77,7 +77,20 @@ pub fn to_status(err: &Error) -> Status {
             none(),
         ),
         e @ Error::DeadlineExceeded(_) => Status::new(Code::DeadlineExceeded, e.to_string()),
-        Error::Provider(p) => provider_status(p),
+        Error::Provider(p) => provider_status(p, p.to_string()),
+        e @ Error::RevocationFailed { source, .. } => provider_status(source, e.to_string()),
+        e @ Error::SecretRejected(source) => provider_status(source, e.to_string()),
+        e @ Error::ReauthorizationRequired { .. } => rich(
+            Code::FailedPrecondition,
+            e.to_string(),
+            "REAUTHORIZATION_REQUIRED",
+            none(),
+        ),
+        e @ Error::RateLimited { retry_after, .. } => {
+            let mut details = ErrorDetails::with_retry_info(Some(*retry_after));
+            details.set_error_info("RATE_LIMITED", DOMAIN, HashMap::new());
+            Status::with_error_details(Code::ResourceExhausted, e.to_string(), details)
+        }
         Error::Store(s) => internal(err, s),
         Error::Crypto(c) => {
             tracing::error!(error = %c, "encryption failure");
@@ -90,8 +103,8 @@ pub fn to_status(err: &Error) -> Status {
     }
 }
 
-fn provider_status(p: &ProviderError) -> Status {
-    let message = p.to_string();
+/// A provider's answer as a status; `message` may add our context to the provider's.
+fn provider_status(p: &ProviderError, message: String) -> Status {
     match p {
         ProviderError::OAuth { status, code, .. } => {
             let reason = if KNOWN_OAUTH_CODES.contains(&code.as_str()) {

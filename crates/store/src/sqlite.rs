@@ -242,6 +242,21 @@ impl Store for SqliteStore {
             .transpose()
     }
 
+    async fn get_connection_by_id(&self, id: Uuid) -> Result<Option<ConnectionRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {CONNECTION_COLUMNS} FROM connections c JOIN tenants t ON t.id = c.tenant_id \
+             WHERE c.id = ?"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?
+            .as_ref()
+            .map(connection)
+            .transpose()
+    }
+
     async fn list_connections(
         &self,
         tenant: &TenantId,

@@ -2,6 +2,7 @@
 //! rejects what real providers send (string `expires_in`, 200 with `error`, HTML bodies).
 
 mod error;
+pub mod pkce;
 mod response;
 mod token_client;
 

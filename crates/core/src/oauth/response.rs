@@ -38,7 +38,12 @@ pub fn parse_token_response(
     requested_scopes: &[String],
     secrets: &[&str],
 ) -> Result<TokenResponse, ProviderError> {
-    let json: Option<serde_json::Map<String, Value>> = serde_json::from_slice(body).ok();
+    // ev.energy documents a response with a trailing comma (`"scope": "…", }`). Strict JSON
+    // first; if that fails, the same text without trailing commas — a deliberate leniency:
+    // it cannot change the meaning of any valid document.
+    let json: Option<serde_json::Map<String, Value>> = serde_json::from_slice(body)
+        .ok()
+        .or_else(|| serde_json::from_slice(&without_trailing_commas(body)).ok());
 
     // An OAuth error body wins whatever the status (some providers send it with 200).
     if let Some(obj) = &json
@@ -160,6 +165,31 @@ pub fn parse_token_response(
         scopes,
         refresh_token,
     })
+}
+
+/// Removes commas that directly precede a closing `}` or `]`, outside strings.
+fn without_trailing_commas(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for (i, &b) in body.iter().enumerate() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if b == b',' {
+            let next = body[i + 1..].iter().find(|c| !c.is_ascii_whitespace());
+            if matches!(next, Some(b'}') | Some(b']')) {
+                continue;
+            }
+        }
+        out.push(b);
+    }
+    out
 }
 
 fn seconds(v: Option<f64>) -> Result<Duration, ProviderError> {

@@ -1,19 +1,25 @@
-//! `tokenvend.v1.AdminService`: tenants and connections. Responses never carry a secret.
+//! `tokenvend.v1.AdminService`: tenants, connections, the provider catalog and end users'
+//! grants. Responses never carry a secret.
 
 use std::sync::Arc;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use tokenvend_core::{
     admin::{Admin, ConnectionView, PageRequest, PutConnection},
+    catalog::{TEMPLATES, Template},
     connection::{ClientAuth, ConnectionSettings},
-    ids::{ConnectionKey, ProviderId, TenantId},
+    grants::{GrantView, Grants},
+    ids::{ConnectionKey, ProviderId, Subject, TenantId},
     store::TenantRecord,
 };
 use tokenvend_proto::v1::{
-    self as pb, CreateTenantRequest, DeleteConnectionRequest, DeleteConnectionResponse,
-    DeleteTenantRequest, DeleteTenantResponse, GetConnectionRequest, GetTenantRequest,
-    ListConnectionsRequest, ListConnectionsResponse, ListTenantsRequest, ListTenantsResponse,
-    PutConnectionRequest, admin_service_server::AdminService,
+    self as pb, CompleteAuthorizationRequest, CreateTenantRequest, DeleteConnectionRequest,
+    DeleteConnectionResponse, DeleteTenantRequest, DeleteTenantResponse, GetConnectionRequest,
+    GetGrantRequest, GetTenantRequest, ListConnectionGrantsRequest, ListConnectionGrantsResponse,
+    ListConnectionsRequest, ListConnectionsResponse, ListTemplatesRequest, ListTemplatesResponse,
+    ListTenantsRequest, ListTenantsResponse, PutConnectionRequest, RevokeGrantRequest,
+    RevokeGrantResponse, RotateClientSecretRequest, StartAuthorizationRequest,
+    StartAuthorizationResponse, admin_service_server::AdminService,
 };
 use tonic::{Request, Response, Status};
 
@@ -21,11 +27,55 @@ use super::{invalid, status, timestamp};
 
 pub struct AdminApi {
     admin: Arc<Admin>,
+    grants: Arc<Grants>,
 }
 
 impl AdminApi {
-    pub fn new(admin: Arc<Admin>) -> Self {
-        Self { admin }
+    pub fn new(admin: Arc<Admin>, grants: Arc<Grants>) -> Self {
+        Self { admin, grants }
+    }
+}
+
+fn grant_pb(v: GrantView) -> pb::Grant {
+    let GrantView {
+        tenant,
+        provider,
+        record,
+    } = v;
+    pb::Grant {
+        tenant: tenant.to_string(),
+        provider: provider.to_string(),
+        subject: record.subject,
+        scopes: record.scopes,
+        status: record.status.as_str().to_owned(),
+        has_refresh_token: record.refresh_token.is_some(),
+        create_time: Some(timestamp(record.created_at)),
+        update_time: Some(timestamp(record.updated_at)),
+    }
+}
+
+fn template_pb(t: &Template) -> pb::Template {
+    pb::Template {
+        name: t.name.to_owned(),
+        description: t.description.to_owned(),
+        params: t
+            .params
+            .iter()
+            .map(|p| pb::TemplateParam {
+                name: p.name.to_owned(),
+                description: p.description.to_owned(),
+                required: p.required,
+                allowed_values: p.allowed.iter().map(|v| (*v).to_owned()).collect(),
+            })
+            .collect(),
+        token_url: t.token_url.unwrap_or_default().to_owned(),
+        authorize_url: t.authorize_url.unwrap_or_default().to_owned(),
+        revocation_url: t.revocation_url.unwrap_or_default().to_owned(),
+        client_auth: client_auth_pb(t.client_auth),
+        user_grant_client_auth: client_auth_pb(t.user_grant_client_auth),
+        scopes: t.scopes.iter().map(|s| (*s).to_owned()).collect(),
+        default_expires_in_seconds: t.default_expires_in_secs as i64,
+        required_fields: t.required_fields.iter().map(|s| (*s).to_owned()).collect(),
     }
 }
 
@@ -272,10 +322,157 @@ impl AdminService for AdminApi {
         &self,
         req: Request<DeleteConnectionRequest>,
     ) -> Result<Response<DeleteConnectionResponse>, Status> {
-        let DeleteConnectionRequest { tenant, provider } = req.into_inner();
+        let DeleteConnectionRequest {
+            tenant,
+            provider,
+            force,
+        } = req.into_inner();
         let key = connection_key(tenant, provider)?;
-        self.admin.delete_connection(&key).await.map_err(status)?;
-        tracing::info!("connection deleted");
-        Ok(Response::new(DeleteConnectionResponse {}))
+        let revoked = self
+            .admin
+            .delete_connection(&key, force)
+            .await
+            .map_err(status)?;
+        tracing::info!(
+            grants_revoked = revoked.at_provider,
+            grants_deleted_locally = revoked.locally,
+            "connection deleted"
+        );
+        Ok(Response::new(DeleteConnectionResponse {
+            grants_revoked: revoked.at_provider as i32,
+            grants_deleted_locally: revoked.locally as i32,
+            warning: revoked.warning,
+        }))
+    }
+
+    async fn list_templates(
+        &self,
+        req: Request<ListTemplatesRequest>,
+    ) -> Result<Response<ListTemplatesResponse>, Status> {
+        let ListTemplatesRequest {} = req.into_inner();
+        Ok(Response::new(ListTemplatesResponse {
+            templates: TEMPLATES.iter().map(template_pb).collect(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(tenant = %req.get_ref().tenant, provider = %req.get_ref().provider))]
+    async fn rotate_client_secret(
+        &self,
+        req: Request<RotateClientSecretRequest>,
+    ) -> Result<Response<pb::Connection>, Status> {
+        let RotateClientSecretRequest {
+            tenant,
+            provider,
+            client_secret,
+        } = req.into_inner();
+        let key = connection_key(tenant, provider)?;
+        let view = self
+            .admin
+            .rotate_client_secret(&key, SecretString::from(client_secret))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(connection_pb(view)))
+    }
+
+    #[tracing::instrument(skip_all, fields(tenant = %req.get_ref().tenant, provider = %req.get_ref().provider))]
+    async fn start_authorization(
+        &self,
+        req: Request<StartAuthorizationRequest>,
+    ) -> Result<Response<StartAuthorizationResponse>, Status> {
+        let StartAuthorizationRequest {
+            tenant,
+            provider,
+            subject,
+            scopes,
+        } = req.into_inner();
+        let key = connection_key(tenant, provider)?;
+        let subject = Subject::parse(subject).map_err(invalid)?;
+        let started = self
+            .grants
+            .start(&key, subject, scopes)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(StartAuthorizationResponse {
+            authorization_url: started.authorization_url.to_string(),
+            state: started.state.expose_secret().to_owned(),
+            expires_at: Some(timestamp(started.expires_at)),
+            redirect_uri: started.redirect_uri,
+        }))
+    }
+
+    async fn complete_authorization(
+        &self,
+        req: Request<CompleteAuthorizationRequest>,
+    ) -> Result<Response<pb::Grant>, Status> {
+        let CompleteAuthorizationRequest { state, code } = req.into_inner();
+        let grant = self.grants.complete(&state, &code).await.map_err(status)?;
+        Ok(Response::new(grant_pb(grant)))
+    }
+
+    async fn get_grant(
+        &self,
+        req: Request<GetGrantRequest>,
+    ) -> Result<Response<pb::Grant>, Status> {
+        let GetGrantRequest {
+            tenant,
+            provider,
+            subject,
+        } = req.into_inner();
+        let key = connection_key(tenant, provider)?;
+        let subject = Subject::parse(subject).map_err(invalid)?;
+        let grant = self.grants.get(&key, &subject).await.map_err(status)?;
+        Ok(Response::new(grant_pb(grant)))
+    }
+
+    async fn list_connection_grants(
+        &self,
+        req: Request<ListConnectionGrantsRequest>,
+    ) -> Result<Response<ListConnectionGrantsResponse>, Status> {
+        let ListConnectionGrantsRequest {
+            tenant,
+            provider,
+            page_size,
+            page_token,
+        } = req.into_inner();
+        let key = connection_key(tenant, provider)?;
+        let (grants, next_page_token) = self
+            .grants
+            .list(
+                &key,
+                &PageRequest {
+                    page_size,
+                    page_token,
+                },
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(ListConnectionGrantsResponse {
+            grants: grants.into_iter().map(grant_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(tenant = %req.get_ref().tenant, provider = %req.get_ref().provider))]
+    async fn revoke_grant(
+        &self,
+        req: Request<RevokeGrantRequest>,
+    ) -> Result<Response<RevokeGrantResponse>, Status> {
+        let RevokeGrantRequest {
+            tenant,
+            provider,
+            subject,
+            force,
+        } = req.into_inner();
+        let key = connection_key(tenant, provider)?;
+        let subject = Subject::parse(subject).map_err(invalid)?;
+        let revoked = self
+            .grants
+            .revoke(&key, &subject, force)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(RevokeGrantResponse {
+            revoked_at_provider: revoked.at_provider > 0,
+            warning: revoked.warning,
+        }))
     }
 }

@@ -11,7 +11,9 @@ use tokenvend_core::{
     clock::SystemClock,
     connection::{ConnectionSettings, EndpointPolicy},
     crypto::{Envelope, KeyRing, WrappedDek},
+    grants::{Grants, GrantsConfig},
     ids::{ConnectionKey, ProviderId, TenantId},
+    oauth::TokenClient,
     store::{
         ConnectionRecord, GrantRecord, GrantStatus, PendingAuthorization, Store, StoreError,
         TenantRecord, TokenRecord,
@@ -314,14 +316,32 @@ async fn data_keys_and_envelope_across_restarts(s: Arc<dyn Store>) {
 
 fn admin(s: &Arc<dyn Store>) -> Admin {
     let ring = KeyRing::parse(&KeyRing::generate_entry("k1")).unwrap();
+    let envelope = Arc::new(Envelope::new(ring, s.clone()));
+    let cache = Arc::new(TokenCache::new());
+    let policy = EndpointPolicy {
+        allow_insecure: false,
+    };
+    let client = TokenClient::new(Default::default()).unwrap();
+    let grants = Arc::new(Grants::new(
+        s.clone(),
+        envelope.clone(),
+        cache.clone(),
+        client.clone(),
+        Arc::new(SystemClock),
+        GrantsConfig {
+            public_url: None,
+            authorization_ttl: std::time::Duration::from_secs(600),
+            policy,
+        },
+    ));
     Admin::new(
         s.clone(),
-        Arc::new(Envelope::new(ring, s.clone())),
-        Arc::new(TokenCache::new()),
+        envelope,
+        cache,
         Arc::new(SystemClock),
-        EndpointPolicy {
-            allow_insecure: false,
-        },
+        policy,
+        client,
+        grants,
     )
 }
 
