@@ -9,4 +9,4 @@ mod errors;
 mod lifecycle;
 mod reflection;
 mod stampede;
-// mod walkthrough;
+mod walkthrough;
