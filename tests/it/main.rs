@@ -5,8 +5,10 @@
 
 mod support;
 
+mod authcode;
 mod errors;
 mod lifecycle;
+mod providers;
 mod reflection;
 mod stampede;
 mod walkthrough;

@@ -23,9 +23,12 @@ async fn walkthrough(opts: Opts) {
     .unwrap();
     let server = Server::start(opts).await.unwrap();
     let c = server.client().await;
-    c.call("AdminService/CreateTenant", json!({"tenant": "acme", "display_name": "Acme"}))
-        .await
-        .unwrap();
+    c.call(
+        "AdminService/CreateTenant",
+        json!({"tenant": "acme", "display_name": "Acme"}),
+    )
+    .await
+    .unwrap();
     let put = c
         .call(
             "AdminService/PutConnection",
@@ -45,13 +48,25 @@ async fn walkthrough(opts: Opts) {
     .await
     .unwrap();
 
-    let t1 = c.call("TokenService/GetToken", get_token_req("acme", "basic")).await.unwrap();
+    let t1 = c
+        .call("TokenService/GetToken", get_token_req("acme", "basic"))
+        .await
+        .unwrap();
     assert_eq!(t1["token_type"], "Bearer");
     assert_eq!(t1["scopes"], json!(["read", "write"]));
     assert!(t1["access_token"].as_str().unwrap().len() >= 20);
-    let again = c.call("TokenService/GetToken", get_token_req("acme", "basic")).await.unwrap();
-    assert_eq!(again["access_token"], t1["access_token"], "answered from memory");
-    let post = c.call("TokenService/GetToken", get_token_req("acme", "post")).await.unwrap();
+    let again = c
+        .call("TokenService/GetToken", get_token_req("acme", "basic"))
+        .await
+        .unwrap();
+    assert_eq!(
+        again["access_token"], t1["access_token"],
+        "answered from memory"
+    );
+    let post = c
+        .call("TokenService/GetToken", get_token_req("acme", "post"))
+        .await
+        .unwrap();
     assert_ne!(post["access_token"], t1["access_token"]);
 
     let stats = oidc.stats().await.unwrap();
@@ -65,9 +80,15 @@ async fn walkthrough(opts: Opts) {
     )
     .await
     .unwrap();
-    let err = c.call("TokenService/GetToken", get_token_req("acme", "basic")).await.unwrap_err();
+    let err = c
+        .call("TokenService/GetToken", get_token_req("acme", "basic"))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
-    assert_eq!(crate::support::reason(&err).as_deref(), Some("INVALID_CLIENT"));
+    assert_eq!(
+        crate::support::reason(&err).as_deref(),
+        Some("INVALID_CLIENT")
+    );
 }
 
 #[tokio::test]
