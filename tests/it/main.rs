@@ -7,6 +7,7 @@ mod support;
 
 mod authcode;
 mod errors;
+mod grants;
 mod lifecycle;
 mod providers;
 mod reflection;

@@ -1,0 +1,417 @@
+//! End-user grants against precise mocks: refresh refused (re-authorization, never looped),
+//! refresh without rotation, refresh never re-sent after an unknown outcome, revocation
+//! failures (nothing half-deleted unless forced), and the invalidation limit.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
+
+use serde_json::{Value, json};
+use tonic::Code;
+use wiremock::{
+    Mock, MockServer, Request, ResponseTemplate,
+    matchers::{body_string_contains, method, path},
+};
+
+use crate::support::{Client, Opts, Server, get_token_req, reason, retry_info};
+
+fn form(r: &Request) -> std::collections::BTreeMap<String, String> {
+    url::form_urlencoded::parse(&r.body).into_owned().collect()
+}
+
+async fn requests(mock: &MockServer, grant: &str) -> Vec<Request> {
+    mock.received_requests()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| form(r).get("grant_type").map(String::as_str) == Some(grant))
+        .collect()
+}
+
+/// A provider whose code exchange answers `at-0`/`rt-0`, and whose refreshes answer what
+/// `refresh` says for the n-th refresh.
+async fn provider(
+    refresh: impl Fn(usize) -> ResponseTemplate + Send + Sync + 'static,
+) -> MockServer {
+    let mock = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .and(body_string_contains("grant_type=authorization_code"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "access_token": "at-0", "expires_in": 3600, "token_type": "Bearer", "refresh_token": "rt-0"
+        })))
+        .mount(&mock)
+        .await;
+    let n = AtomicUsize::new(0);
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .and(body_string_contains("grant_type=refresh_token"))
+        .respond_with(move |_: &Request| refresh(n.fetch_add(1, Ordering::SeqCst) + 1))
+        .mount(&mock)
+        .await;
+    mock
+}
+
+async fn setup(
+    mock: &MockServer,
+    revocation: Option<&str>,
+    env: Vec<(&'static str, String)>,
+) -> (Server, Client) {
+    let mut env = env;
+    env.push((
+        "TOKENVEND_PUBLIC_URL",
+        "https://tokenvend.example.com".into(),
+    ));
+    let server = Server::start(Opts {
+        env,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let c = server.client().await;
+    c.call("AdminService/CreateTenant", json!({"tenant": "acme"}))
+        .await
+        .unwrap();
+    let mut req = json!({"tenant": "acme", "provider": "p", "token_url": format!("{}/token", mock.uri()),
+                         "authorize_url": "https://login.example.com/authorize",
+                         "client_id": "id", "client_secret": "secret", "client_auth": "CLIENT_AUTH_POST"});
+    if let Some(r) = revocation {
+        req["revocation_url"] = json!(format!("{}{r}", mock.uri()));
+    }
+    c.call("AdminService/PutConnection", req).await.unwrap();
+    (server, c)
+}
+
+async fn authorize(c: &Client, subject: &str) -> Value {
+    let started = c
+        .call(
+            "AdminService/StartAuthorization",
+            json!({"tenant": "acme", "provider": "p", "subject": subject}),
+        )
+        .await
+        .unwrap();
+    c.call(
+        "AdminService/CompleteAuthorization",
+        json!({"state": started["state"], "code": "the-code"}),
+    )
+    .await
+    .unwrap()
+}
+
+fn user(subject: &str) -> Value {
+    json!({"tenant": "acme", "provider": "p", "subject": subject})
+}
+
+async fn report(c: &Client, subject: &str, token: &str) -> Result<Value, tonic::Status> {
+    c.call(
+        "TokenService/InvalidateToken",
+        json!({"tenant": "acme", "provider": "p", "subject": subject, "access_token": token}),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn refused_refresh_needs_reauthorization_and_is_not_retried() {
+    let mock =
+        provider(|_| ResponseTemplate::new(400).set_body_json(json!({"error": "invalid_grant"})))
+            .await;
+    let (_s, c) = setup(
+        &mock,
+        None,
+        vec![("TOKENVEND_INVALIDATE_MIN_INTERVAL", "0s".into())],
+    )
+    .await;
+    authorize(&c, "alice").await;
+    report(&c, "alice", "at-0").await.unwrap();
+    for _ in 0..3 {
+        let err = c
+            .call("TokenService/GetToken", user("alice"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.code(), reason(&err).as_deref()),
+            (Code::FailedPrecondition, Some("REAUTHORIZATION_REQUIRED"))
+        );
+        assert!(
+            err.message().contains("StartAuthorization"),
+            "{}",
+            err.message()
+        );
+    }
+    assert_eq!(
+        requests(&mock, "refresh_token").await.len(),
+        1,
+        "never looped"
+    );
+    let g = c
+        .call(
+            "AdminService/GetGrant",
+            json!({"tenant": "acme", "provider": "p", "subject": "alice"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(g["status"], "reauthorization_required");
+    // Authorizing again makes it usable.
+    let again = authorize(&c, "alice").await;
+    assert_eq!(again["status"], "active");
+    assert_eq!(
+        c.call("TokenService/GetToken", user("alice"))
+            .await
+            .unwrap()["access_token"],
+        "at-0"
+    );
+}
+
+#[tokio::test]
+async fn refresh_without_rotation_keeps_the_refresh_token() {
+    let mock = provider(|n| {
+        ResponseTemplate::new(200)
+            .set_body_json(json!({"access_token": format!("at-{n}"), "expires_in": 3600}))
+    })
+    .await;
+    let (_s, c) = setup(
+        &mock,
+        None,
+        vec![("TOKENVEND_INVALIDATE_MIN_INTERVAL", "0s".into())],
+    )
+    .await;
+    authorize(&c, "alice").await;
+    let mut current = "at-0".to_owned();
+    for n in 1..=2 {
+        report(&c, "alice", &current).await.unwrap();
+        current = c
+            .call("TokenService/GetToken", user("alice"))
+            .await
+            .unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(current, format!("at-{n}"));
+    }
+    for r in requests(&mock, "refresh_token").await {
+        assert_eq!(form(&r)["refresh_token"], "rt-0");
+    }
+}
+
+#[tokio::test]
+async fn a_refresh_with_unknown_outcome_is_not_sent_again() {
+    let mock = provider(|_| ResponseTemplate::new(500)).await;
+    let (_s, c) = setup(
+        &mock,
+        None,
+        vec![("TOKENVEND_INVALIDATE_MIN_INTERVAL", "0s".into())],
+    )
+    .await;
+    authorize(&c, "alice").await;
+    report(&c, "alice", "at-0").await.unwrap();
+    let err = c
+        .call("TokenService/GetToken", user("alice"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(retry_info(&err).is_some());
+    // Client credentials would have been tried 3 times; a refresh token only once.
+    assert_eq!(requests(&mock, "refresh_token").await.len(), 1);
+    // The grant is still active: a 500 says nothing about the refresh token.
+    let g = c
+        .call(
+            "AdminService/GetGrant",
+            json!({"tenant": "acme", "provider": "p", "subject": "alice"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(g["status"], "active");
+}
+
+#[tokio::test]
+async fn revocation_failures_delete_nothing_unless_forced() {
+    let mock = provider(|_| ResponseTemplate::new(500)).await;
+    let revocations = Arc::new(AtomicUsize::new(0));
+    let count = revocations.clone();
+    // The revocation endpoint is down for its first 2 calls, then works.
+    Mock::given(method("POST"))
+        .and(path("/revoke"))
+        .respond_with(move |_: &Request| {
+            if count.fetch_add(1, Ordering::SeqCst) < 2 {
+                ResponseTemplate::new(503)
+            } else {
+                ResponseTemplate::new(200)
+            }
+        })
+        .mount(&mock)
+        .await;
+    let (_s, c) = setup(&mock, Some("/revoke"), vec![]).await;
+    for s in ["alice", "bob", "carol"] {
+        authorize(&c, s).await;
+    }
+    let list = c
+        .call(
+            "AdminService/ListConnectionGrants",
+            json!({"tenant": "acme", "provider": "p"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(list["grants"].as_array().unwrap().len(), 3);
+
+    // RevokeGrant while the provider fails: an error, the grant stays.
+    let err = c
+        .call(
+            "AdminService/RevokeGrant",
+            json!({"tenant": "acme", "provider": "p", "subject": "alice"}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(err.message().contains("set force"), "{}", err.message());
+    c.call(
+        "AdminService/GetGrant",
+        json!({"tenant": "acme", "provider": "p", "subject": "alice"}),
+    )
+    .await
+    .unwrap();
+    // Forced: deleted locally, and the answer says the provider did not confirm.
+    let forced = c
+        .call(
+            "AdminService/RevokeGrant",
+            json!({"tenant": "acme", "provider": "p", "subject": "alice", "force": true}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(forced["revoked_at_provider"], false);
+    assert!(
+        forced["warning"]
+            .as_str()
+            .unwrap()
+            .contains("deleted locally only")
+    );
+    let err = c
+        .call(
+            "AdminService/GetGrant",
+            json!({"tenant": "acme", "provider": "p", "subject": "alice"}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    // DeleteConnection revokes the remaining grants first (the provider works again now).
+    let deleted = c
+        .call(
+            "AdminService/DeleteConnection",
+            json!({"tenant": "acme", "provider": "p"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(deleted["grants_revoked"], 2);
+    assert_eq!(deleted["grants_deleted_locally"], 0);
+    assert_eq!(revocations.load(Ordering::SeqCst), 4);
+    let err = c
+        .call(
+            "AdminService/GetConnection",
+            json!({"tenant": "acme", "provider": "p"}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn delete_connection_keeps_everything_when_revocation_fails() {
+    let mock = provider(|_| ResponseTemplate::new(500)).await;
+    Mock::given(method("POST"))
+        .and(path("/revoke"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&mock)
+        .await;
+    let (_s, c) = setup(&mock, Some("/revoke"), vec![]).await;
+    authorize(&c, "alice").await;
+    let err = c
+        .call(
+            "AdminService/DeleteConnection",
+            json!({"tenant": "acme", "provider": "p"}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    c.call(
+        "AdminService/GetConnection",
+        json!({"tenant": "acme", "provider": "p"}),
+    )
+    .await
+    .unwrap();
+    c.call(
+        "AdminService/GetGrant",
+        json!({"tenant": "acme", "provider": "p", "subject": "alice"}),
+    )
+    .await
+    .unwrap();
+    let forced = c
+        .call(
+            "AdminService/DeleteConnection",
+            json!({"tenant": "acme", "provider": "p", "force": true}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(forced["grants_deleted_locally"], 1);
+    assert!(!forced["warning"].as_str().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn invalidation_triggered_refreshes_are_limited_per_key() {
+    let mock = MockServer::start().await;
+    let n = AtomicUsize::new(0);
+    Mock::given(method("POST"))
+        .respond_with(move |_: &Request| {
+            let i = n.fetch_add(1, Ordering::SeqCst) + 1;
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"access_token": format!("tok-{i}"), "expires_in": 3600}))
+        })
+        .mount(&mock)
+        .await;
+    let server = Server::start(Opts::default()).await.unwrap();
+    let c = server.client().await;
+    crate::support::setup_connection(
+        &c,
+        "acme",
+        "p",
+        &format!("{}/token", mock.uri()),
+        "s",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        c.call("TokenService/GetToken", get_token_req("acme", "p"))
+            .await
+            .unwrap()["access_token"],
+        "tok-1"
+    );
+    let inv = |t: &'static str| {
+        c.call(
+            "TokenService/InvalidateToken",
+            json!({"tenant": "acme", "provider": "p", "access_token": t}),
+        )
+    };
+    assert_eq!(inv("tok-1").await.unwrap()["invalidated"], true);
+    assert_eq!(
+        c.call("TokenService/GetToken", get_token_req("acme", "p"))
+            .await
+            .unwrap()["access_token"],
+        "tok-2"
+    );
+    // The fresh token reported dead at once: refused with RetryInfo (default interval 10 s).
+    let err = inv("tok-2").await.unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err).as_deref()),
+        (Code::ResourceExhausted, Some("RATE_LIMITED"))
+    );
+    assert!(retry_info(&err).is_some());
+    // Reports about the old token are still harmless no-ops.
+    assert_eq!(inv("tok-1").await.unwrap()["invalidated"], false);
+    assert_eq!(
+        c.call("TokenService/GetToken", get_token_req("acme", "p"))
+            .await
+            .unwrap()["access_token"],
+        "tok-2"
+    );
+    assert_eq!(mock.received_requests().await.unwrap().len(), 2);
+}
