@@ -30,13 +30,14 @@ fn key(i: usize) -> TokenKey {
 }
 
 fn token() -> Arc<CachedToken> {
-    Arc::new(CachedToken {
-        access_token: SecretString::from("x".repeat(800)),
-        expires_at: Some(datetime!(2030-01-01 0:00 UTC)),
-        scopes: vec!["read".into()],
-        issued_lifetime: None,
-        fresh_from_provider: true,
-    })
+    Arc::new(CachedToken::new(
+        SecretString::from("x".repeat(800)),
+        Some(datetime!(2030-01-01 0:00 UTC)),
+        vec!["read".into()],
+        None,
+        true,
+        None,
+    ))
 }
 
 /// The map lookup alone, in a cache of 10 000 keys.

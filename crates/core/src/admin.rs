@@ -9,16 +9,18 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::{
+    Deps,
     cache::TokenCache,
     clock::Clock,
     connection::{ConnectionSettings, Effective, EndpointPolicy},
     crypto::Envelope,
     error::{Error, InvalidInput, Result},
+    events::Notifier,
     grants::{Grants, Revoked},
     ids::{ConnectionKey, TenantId},
     oauth::{ClientCredentials, Grant, ProviderError, TokenClient, TokenRequest},
+    refresh::{connection_aad, load_connection_of},
     store::{ConnectionRecord, Store, StoreError, TenantRecord},
-    vend::{connection_aad, load_connection_of},
 };
 
 const DEFAULT_PAGE: u32 = 100;
@@ -86,27 +88,27 @@ pub struct Admin {
     policy: EndpointPolicy,
     client: TokenClient,
     grants: Arc<Grants>,
+    notifier: Notifier,
 }
 
 impl Admin {
-    pub fn new(
-        store: Arc<dyn Store>,
-        envelope: Arc<Envelope>,
-        cache: Arc<TokenCache>,
-        clock: Arc<dyn Clock>,
-        policy: EndpointPolicy,
-        client: TokenClient,
-        grants: Arc<Grants>,
-    ) -> Self {
+    pub fn new(deps: Deps, policy: EndpointPolicy, grants: Arc<Grants>) -> Self {
         Self {
-            store,
-            envelope,
-            cache,
-            clock,
+            store: deps.store,
+            envelope: deps.envelope,
+            cache: deps.cache,
+            clock: deps.clock,
             policy,
-            client,
+            client: deps.client,
             grants,
+            notifier: deps.notifier,
         }
+    }
+
+    /// Drops the connection's tokens from memory here, and tells the other replicas.
+    async fn retire(&self, key: &ConnectionKey) {
+        self.cache.retire_connection(key);
+        self.notifier.connection_changed(key).await;
     }
 
     pub async fn create_tenant(
@@ -157,10 +159,7 @@ impl Admin {
             return Err(Error::TenantNotFound(slug.to_string()));
         }
         for c in connections {
-            self.cache.retire_connection(&ConnectionKey {
-                tenant: c.tenant,
-                provider: c.provider,
-            });
+            self.retire(&c.key()).await;
         }
         Ok(())
     }
@@ -270,7 +269,7 @@ impl Admin {
                 .await
             {
                 Ok(()) => {
-                    self.cache.retire_connection(&put.key);
+                    self.retire(&put.key).await;
                     return Ok(view(record, put.settings, effective));
                 }
                 Err(StoreError::Conflict | StoreError::AlreadyExists) => continue,
@@ -332,7 +331,7 @@ impl Admin {
         if !self.store.delete_connection(key).await? {
             return Err(self.not_found(key).await);
         }
-        self.cache.retire_connection(key);
+        self.retire(key).await;
         Ok(revoked)
     }
 
@@ -419,7 +418,7 @@ impl Admin {
             }
             Err(e) => return Err(e.into()),
         }
-        self.cache.retire_connection(key);
+        self.retire(key).await;
         tracing::info!(tenant = %key.tenant, provider = %key.provider, version = record.version, "client secret rotated");
         self.to_view(record)
     }

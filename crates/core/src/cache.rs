@@ -6,7 +6,13 @@
 //! it starts and may only insert while it is unchanged; a change bumps the epoch and drops
 //! the connection's tokens, under the same lock, so no in-flight fetch can slip in between.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::Duration,
+};
 
 use dashmap::DashMap;
 use secrecy::SecretString;
@@ -26,6 +32,10 @@ pub struct CachedToken {
     /// Whether this token came from the provider during the fetch that produced it (as
     /// opposed to the shared store), so "still too short" means "unsatisfiable".
     pub fresh_from_provider: bool,
+    /// When the background refresher should renew it (None: never, e.g. a static key).
+    pub refresh_at: Option<OffsetDateTime>,
+    /// Unix seconds of the last cache hit: the refresher renews only tokens in use.
+    last_used: AtomicI64,
 }
 
 impl std::fmt::Debug for CachedToken {
@@ -39,6 +49,37 @@ impl std::fmt::Debug for CachedToken {
 }
 
 impl CachedToken {
+    pub fn new(
+        access_token: SecretString,
+        expires_at: Option<OffsetDateTime>,
+        scopes: Vec<String>,
+        issued_lifetime: Option<Duration>,
+        fresh_from_provider: bool,
+        refresh_at: Option<OffsetDateTime>,
+    ) -> Self {
+        Self {
+            access_token,
+            expires_at,
+            scopes,
+            issued_lifetime,
+            fresh_from_provider,
+            refresh_at,
+            last_used: AtomicI64::new(i64::MIN),
+        }
+    }
+
+    /// Records a use (the hot path: one relaxed store).
+    #[inline]
+    pub fn touch(&self, now: OffsetDateTime) {
+        self.last_used
+            .store(now.unix_timestamp(), Ordering::Relaxed);
+    }
+
+    /// Whether the token was used at or after `since`.
+    pub fn used_since(&self, since: OffsetDateTime) -> bool {
+        self.last_used.load(Ordering::Relaxed) >= since.unix_timestamp()
+    }
+
     /// True when the token stays valid for at least `min_ttl` after `now`.
     pub fn valid_for(&self, now: OffsetDateTime, min_ttl: Duration) -> bool {
         match self.expires_at {
@@ -91,6 +132,23 @@ impl TokenCache {
         drop(guard);
     }
 
+    /// Every cached token, for the background refresher (a snapshot; no lock kept).
+    pub fn snapshot(&self) -> Vec<(TokenKey, Arc<CachedToken>)> {
+        self.tokens
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect()
+    }
+
+    /// Forgets everything (the change feed had a gap): tokens reload from the store, and
+    /// fetches that started before cannot insert.
+    pub fn retire_all(&self) {
+        for mut e in self.epochs.iter_mut() {
+            *e.value_mut() += 1;
+        }
+        self.tokens.clear();
+    }
+
     /// Drops one token (e.g. after a new authorization or a refused refresh).
     pub fn remove(&self, key: &TokenKey) {
         self.tokens.remove(key);
@@ -129,13 +187,14 @@ mod tests {
     }
 
     fn token(exp: OffsetDateTime) -> Arc<CachedToken> {
-        Arc::new(CachedToken {
-            access_token: SecretString::from("t"),
-            expires_at: Some(exp),
-            scopes: vec![],
-            issued_lifetime: None,
-            fresh_from_provider: true,
-        })
+        Arc::new(CachedToken::new(
+            SecretString::from("t"),
+            Some(exp),
+            vec![],
+            None,
+            true,
+            None,
+        ))
     }
 
     #[test]

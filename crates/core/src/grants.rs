@@ -14,16 +14,18 @@ use url::Url;
 use uuid::Uuid;
 
 use crate::{
+    Deps,
     admin::PageRequest,
     cache::TokenCache,
     clock::Clock,
     connection::{ConnectionSettings, Effective, EndpointPolicy},
     crypto::{Aad, Envelope},
     error::{Error, InvalidInput, Result},
+    events::Notifier,
     ids::{ConnectionKey, ProviderId, Subject, TenantId, TokenKey},
     oauth::{ClientCredentials, Grant, TokenClient, TokenRequest, pkce},
+    refresh::{connection_aad, grant_aad, load_connection_of, token_record},
     store::{ConnectionRecord, GrantRecord, GrantStatus, PendingAuthorization, Store, StoreError},
-    vend::{connection_aad, grant_aad, load_connection_of, record_token},
 };
 
 /// The callback path on the HTTP port, appended to `TOKENVEND_PUBLIC_URL`.
@@ -69,6 +71,7 @@ pub struct Grants {
     client: TokenClient,
     clock: Arc<dyn Clock>,
     config: GrantsConfig,
+    notifier: Notifier,
 }
 
 fn pending_aad(id: Uuid) -> Aad<'static> {
@@ -92,21 +95,15 @@ fn check_scopes(scopes: &[String]) -> Result<(), InvalidInput> {
 }
 
 impl Grants {
-    pub fn new(
-        store: Arc<dyn Store>,
-        envelope: Arc<Envelope>,
-        cache: Arc<TokenCache>,
-        client: TokenClient,
-        clock: Arc<dyn Clock>,
-        config: GrantsConfig,
-    ) -> Self {
+    pub fn new(deps: Deps, config: GrantsConfig) -> Self {
         Self {
-            store,
-            envelope,
-            cache,
-            client,
-            clock,
+            store: deps.store,
+            envelope: deps.envelope,
+            cache: deps.cache,
+            client: deps.client,
+            clock: deps.clock,
             config,
+            notifier: deps.notifier,
         }
     }
 
@@ -322,8 +319,8 @@ impl Grants {
             None => None,
         };
         let scopes = response.scopes.clone();
-        let (token, _) =
-            record_token(&self.envelope, self.clock.as_ref(), &conn, &key, response).await?;
+        let (token, _, _) =
+            token_record(&self.envelope, self.clock.as_ref(), &conn, &key, response).await?;
         let grant = GrantRecord {
             id,
             connection_id: conn.id,
@@ -338,6 +335,7 @@ impl Grants {
             .put_grant(&grant, existing.is_some(), Some(&token))
             .await?;
         self.cache.remove(&key);
+        self.notifier.token_invalidated(&key).await;
         tracing::info!(tenant = %conn.tenant, provider = %conn.provider, subject = %pending.subject, "authorization completed");
         Ok(GrantView {
             tenant: conn.tenant,
@@ -467,11 +465,13 @@ impl Grants {
             }
         }
         self.store.delete_grant(conn.id, &grant.subject).await?;
-        self.cache.remove(&TokenKey {
+        let key = TokenKey {
             tenant: conn.tenant.clone(),
             provider: conn.provider.clone(),
             subject: Subject::parse(grant.subject.clone())?,
-        });
+        };
+        self.cache.remove(&key);
+        self.notifier.token_invalidated(&key).await;
         tracing::info!(tenant = %conn.tenant, provider = %conn.provider, subject = %grant.subject, "grant revoked");
         Ok(())
     }

@@ -9,14 +9,18 @@ pub mod catalog;
 pub mod clock;
 pub mod connection;
 pub mod crypto;
+pub mod deps;
 pub mod error;
+pub mod events;
 pub mod flight;
 pub mod grants;
 pub mod ids;
 pub mod oauth;
+pub mod refresh;
 pub mod store;
 #[cfg(feature = "test-util")]
 pub mod testing;
 pub mod vend;
 
+pub use deps::Deps;
 pub use error::{Error, InvalidInput, Result};

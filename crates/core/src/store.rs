@@ -175,6 +175,82 @@ impl std::fmt::Debug for GrantRecord {
     }
 }
 
+/// A refresh lease this replica holds for one token key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// Fencing token: writes under this lease succeed only while it is current.
+    pub generation: i64,
+    /// A refresh-token request was sent under an earlier generation and its outcome never
+    /// recorded (its holder died or lost the lease mid-request).
+    pub unfinished_attempt: bool,
+}
+
+/// How a lease ends.
+pub enum LeaseEnd<'a> {
+    /// A new token (and, for an end user's grant, the rotated refresh token if any).
+    Token {
+        token: &'a TokenRecord,
+        grant: Option<(Uuid, Option<&'a [u8]>)>,
+    },
+    /// The provider failed. `definitive` errors are remembered until `until` (a brief
+    /// negative cache for every replica); `outcome_known` is false when a refresh request
+    /// may have reached the provider (timeout, 5xx), so the attempt stays marked unfinished.
+    Failed {
+        error: &'a str,
+        connection_version: i64,
+        until: Option<OffsetDateTime>,
+        outcome_known: bool,
+    },
+    /// Nothing to write (e.g. another replica had stored a fresh token meanwhile).
+    Released,
+}
+
+/// Whether a lease's result was written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseWrite {
+    Written,
+    /// The lease was taken over (and no refresh attempt of ours is pending): nothing written.
+    Fenced,
+}
+
+/// A definitive provider error another replica (or this one) met recently.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecentFailure {
+    pub error: String,
+    pub connection_version: i64,
+    pub until: OffsetDateTime,
+}
+
+/// Changes other replicas must hear about (PostgreSQL NOTIFY; in-process for SQLite).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StoreEvent {
+    /// A token key's lease ended (new token, failure, release): waiters re-check.
+    LeaseEnded {
+        tenant: String,
+        provider: String,
+        subject: String,
+    },
+    /// A token was invalidated: drop it from memory.
+    TokenInvalidated {
+        tenant: String,
+        provider: String,
+        subject: String,
+    },
+    /// A connection (or its tenant) changed or was deleted: drop its tokens from memory.
+    ConnectionChanged { tenant: String, provider: String },
+    /// The event stream was interrupted (listener reconnected): anything may have been
+    /// missed, so memory must be re-validated.
+    Resync,
+}
+
+/// An event with the replica that sent it, so a replica can skip its own.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Published {
+    pub origin: String,
+    pub event: StoreEvent,
+}
+
 /// Wrapped data keys (see `crypto`). Separate so the envelope depends on this alone.
 #[async_trait]
 pub trait DataKeyStore: Send + Sync + 'static {
@@ -291,4 +367,43 @@ pub trait Store: DataKeyStore {
     ) -> Result<(), StoreError>;
     /// Deletes the grant and its cached token. False if absent.
     async fn delete_grant(&self, connection_id: Uuid, subject: &str) -> Result<bool, StoreError>;
+
+    /// Takes the refresh lease of (connection, subject) for `ttl` if nobody holds it (or
+    /// the holder's lease expired), on the database's clock. None: someone else holds it.
+    async fn try_lease(
+        &self,
+        connection_id: Uuid,
+        subject: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<Lease>, StoreError>;
+    /// Records that a refresh-token request is about to be sent under `generation`, if the
+    /// lease is still ours. False: the lease was lost; do not send.
+    async fn mark_refresh_attempt(
+        &self,
+        connection_id: Uuid,
+        subject: &str,
+        generation: i64,
+    ) -> Result<bool, StoreError>;
+    /// Ends the lease with its result, fenced by `generation` (see `LeaseEnd`). A token is
+    /// written if the lease is still ours, or if our refresh attempt is still the recorded
+    /// one (its rotated refresh token must not be lost even after a takeover).
+    async fn finish_lease(
+        &self,
+        connection_id: Uuid,
+        subject: &str,
+        generation: i64,
+        end: LeaseEnd<'_>,
+    ) -> Result<LeaseWrite, StoreError>;
+    /// The last definitive error of (connection, subject), while it is remembered.
+    async fn recent_failure(
+        &self,
+        connection_id: Uuid,
+        subject: &str,
+    ) -> Result<Option<RecentFailure>, StoreError>;
+
+    /// Tells every replica (including this one) about a change.
+    async fn publish(&self, event: &Published) -> Result<(), StoreError>;
+    /// Changes published by any replica. A `Resync` is delivered when some may be lost.
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Published>;
 }

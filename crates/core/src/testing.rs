@@ -7,8 +7,9 @@ use crate::{
     crypto::WrappedDek,
     ids::{ConnectionKey, TenantId},
     store::{
-        ConnectionRecord, DataKeyStore, GrantRecord, GrantStatus, PendingAuthorization, Store,
-        StoreError, TenantRecord, TokenRecord,
+        ConnectionRecord, DataKeyStore, GrantRecord, GrantStatus, Lease, LeaseEnd, LeaseWrite,
+        PendingAuthorization, Published, RecentFailure, Store, StoreError, TenantRecord,
+        TokenRecord,
     },
 };
 
@@ -131,6 +132,36 @@ impl Store for UnreachableStore {
     async fn delete_grant(&self, _: Uuid, _: &str) -> Result<bool, StoreError> {
         unreachable!("the store must not be used here")
     }
+    async fn try_lease(
+        &self,
+        _: Uuid,
+        _: &str,
+        _: &str,
+        _: std::time::Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    async fn mark_refresh_attempt(&self, _: Uuid, _: &str, _: i64) -> Result<bool, StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    async fn finish_lease(
+        &self,
+        _: Uuid,
+        _: &str,
+        _: i64,
+        _: LeaseEnd<'_>,
+    ) -> Result<LeaseWrite, StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    async fn recent_failure(&self, _: Uuid, _: &str) -> Result<Option<RecentFailure>, StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    async fn publish(&self, _: &Published) -> Result<(), StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Published> {
+        unreachable!("the store must not be used here")
+    }
 }
 
 /// A vendor whose cache holds `key` → `token`, with a store and provider that must never be
@@ -144,15 +175,15 @@ pub fn warm_vendor(
     let store: Arc<dyn Store> = Arc::new(UnreachableStore);
     let ring = crate::crypto::KeyRing::parse(&crate::crypto::KeyRing::generate_entry("k"))
         .expect("key ring");
-    let envelope = Arc::new(crate::crypto::Envelope::new(ring, store.clone()));
     let cache = Arc::new(crate::cache::TokenCache::new());
     cache.insert_if_current(key.clone(), token, cache.epoch(&key.connection()));
-    crate::vend::Vendor::new(
-        store,
-        envelope,
+    let deps = crate::Deps {
+        envelope: Arc::new(crate::crypto::Envelope::new(ring, store.clone())),
         cache,
-        crate::oauth::TokenClient::new(Default::default()).expect("http client"),
+        client: crate::oauth::TokenClient::new(Default::default()).expect("http client"),
         clock,
-        Default::default(),
-    )
+        notifier: crate::events::Notifier::new(store.clone(), "test"),
+        store,
+    };
+    crate::vend::Vendor::new(deps, Default::default())
 }

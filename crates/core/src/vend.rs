@@ -1,27 +1,29 @@
 //! `GetToken` from the cache down to the provider call. Read top to bottom:
-//! [`Vendor::get_token`] (hot path) → [`Vendor::join_fetch`] (single-flight) →
-//! [`fetch`] (store, then provider) → `TokenClient::fetch`.
+//! [`Vendor::get_token`] (hot path) → [`Vendor::join_fetch`] (single-flight in this
+//! process) → `refresh::fetch` (shared store, fleet-wide lease, provider) →
+//! `TokenClient::fetch`.
 
 use std::{sync::Arc, time::Duration};
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
 use tracing::Instrument;
 
 use crate::{
+    Deps,
     cache::{CachedToken, TokenCache},
     clock::Clock,
-    connection::{ConnectionSettings, EndpointPolicy},
-    crypto::{Aad, Envelope},
+    connection::EndpointPolicy,
+    crypto::Envelope,
     error::{Error, Result},
+    events::{Notifier, Waiters},
     flight::{SingleFlight, Waited},
     ids::TokenKey,
-    oauth::{ClientCredentials, Grant, ProviderError, TokenClient, TokenRequest},
-    store::{ConnectionRecord, GrantStatus, Store, StoreError, TokenRecord},
+    oauth::TokenClient,
+    refresh::{fetch, load_connection_of},
+    store::Store,
 };
-
-pub(crate) const CONNECTIONS: &str = "connections";
-pub(crate) const TOKENS: &str = "tokens";
 
 #[derive(Clone, Debug)]
 pub struct VendorConfig {
@@ -33,6 +35,18 @@ pub struct VendorConfig {
     /// to request tokens excessively; a caller misreporting a good token must not make us).
     pub invalidate_min_interval: Duration,
     pub policy: EndpointPolicy,
+    /// How long one replica may hold a key's refresh lease. Must exceed the whole retry
+    /// budget of a provider request (checked at start-up).
+    pub lease_ttl: Duration,
+    /// Timeout of one provider request (a refresh is sent only with this much lease left).
+    pub request_timeout: Duration,
+    /// How long a definitive provider error is answered again without asking.
+    pub negative_ttl: Duration,
+    /// How often a waiter re-checks when no notification arrives.
+    pub poll_interval: Duration,
+    /// Tokens are renewed in the background at this fraction of their lifetime, drawn
+    /// uniformly per token so a fleet does not refresh in lockstep.
+    pub refresh_at: (f64, f64),
 }
 
 impl Default for VendorConfig {
@@ -42,44 +56,60 @@ impl Default for VendorConfig {
             max_wait: Duration::from_secs(30),
             invalidate_min_interval: Duration::from_secs(10),
             policy: EndpointPolicy::default(),
+            lease_ttl: Duration::from_secs(45),
+            request_timeout: Duration::from_secs(10),
+            negative_ttl: Duration::from_secs(10),
+            poll_interval: Duration::from_millis(250),
+            refresh_at: (0.75, 0.85),
         }
     }
 }
 
+impl VendorConfig {
+    /// When to renew a token fetched at `fetched_at` that lives `lifetime`: at a jittered
+    /// fraction of its life, but early enough that callers asking for the default
+    /// `min_ttl` keep being served from memory, and never in its first half.
+    pub fn refresh_point(&self, fetched_at: OffsetDateTime, lifetime: Duration) -> OffsetDateTime {
+        let (lo, hi) = self.refresh_at;
+        let fraction = lo + rand::random::<f64>() * (hi - lo).max(0.0);
+        let by_fraction = lifetime.mul_f64(fraction);
+        let before_min_ttl = lifetime.saturating_sub(self.default_min_ttl * 2);
+        let at = by_fraction.min(before_min_ttl).max(lifetime / 2);
+        fetched_at + at
+    }
+}
+
 /// Everything a fetch task needs; shared so the task can outlive the caller that started it.
-struct Inner {
-    store: Arc<dyn Store>,
-    envelope: Arc<Envelope>,
-    cache: Arc<TokenCache>,
-    client: TokenClient,
-    clock: Arc<dyn Clock>,
-    config: VendorConfig,
+pub(crate) struct Inner {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) envelope: Arc<Envelope>,
+    pub(crate) cache: Arc<TokenCache>,
+    pub(crate) client: TokenClient,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) config: VendorConfig,
+    pub(crate) notifier: Notifier,
+    pub(crate) waiters: Arc<Waiters>,
 }
 
 pub struct Vendor {
     inner: Arc<Inner>,
     flights: SingleFlight<TokenKey, Arc<CachedToken>, Error>,
     /// When each key was last invalidated, for `invalidate_min_interval`.
-    invalidated_at: dashmap::DashMap<TokenKey, time::OffsetDateTime>,
+    invalidated_at: dashmap::DashMap<TokenKey, OffsetDateTime>,
 }
 
 impl Vendor {
-    pub fn new(
-        store: Arc<dyn Store>,
-        envelope: Arc<Envelope>,
-        cache: Arc<TokenCache>,
-        client: TokenClient,
-        clock: Arc<dyn Clock>,
-        config: VendorConfig,
-    ) -> Self {
+    pub fn new(deps: Deps, config: VendorConfig) -> Self {
         Self {
             inner: Arc::new(Inner {
-                store,
-                envelope,
-                cache,
-                client,
-                clock,
+                store: deps.store,
+                envelope: deps.envelope,
+                cache: deps.cache,
+                client: deps.client,
+                clock: deps.clock,
                 config,
+                notifier: deps.notifier,
+                waiters: Arc::new(Waiters::default()),
             }),
             flights: SingleFlight::new(),
             invalidated_at: dashmap::DashMap::new(),
@@ -102,8 +132,10 @@ impl Vendor {
             .filter(|d| !d.is_zero())
             .unwrap_or(self.inner.config.default_min_ttl);
         // Hot path: one map read, one Arc clone, no await before the answer.
+        let now = self.inner.clock.now();
         if let Some(token) = self.inner.cache.get(&key) {
-            if token.valid_for(self.inner.clock.now(), min_ttl) {
+            token.touch(now);
+            if token.valid_for(now, min_ttl) {
                 return Ok(token);
             }
             if let Some(lifetime) = token.issued_lifetime.filter(|l| *l < min_ttl) {
@@ -120,6 +152,7 @@ impl Vendor {
         for attempt in 0..2 {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let token = self.join_fetch(&key, min_ttl, left, wait).await?;
+            token.touch(self.inner.clock.now());
             if token.valid_for(self.inner.clock.now(), min_ttl) {
                 return Ok(token);
             }
@@ -156,11 +189,12 @@ impl Vendor {
     }
 
     /// A caller reports that the provider rejected `reported`. It is dropped — in the shared
-    /// store and in memory — only if it is still the current token, so a thousand reports of
-    /// one dead token cause one refresh, and a report about an older token changes nothing.
+    /// store and in memory, here and on every replica — only if it is still the current
+    /// token, so a thousand reports of one dead token cause one refresh, and a report about
+    /// an older token changes nothing.
     pub async fn invalidate(&self, key: TokenKey, reported: &[u8]) -> Result<bool> {
         let digest = Sha256::digest(reported);
-        let conn = load_connection(&self.inner, &key).await?;
+        let conn = load_connection_of(self.inner.store.as_ref(), &key.connection()).await?;
         let now = self.inner.clock.now();
         if let Some(last) = self.invalidated_at.get(&key).map(|t| *t) {
             let since = now - last;
@@ -193,14 +227,75 @@ impl Vendor {
         });
         if in_store || in_memory {
             tracing::info!(tenant = %key.tenant, provider = %key.provider, "token invalidated by a caller");
+            self.inner.notifier.token_invalidated(&key).await;
             self.invalidated_at.insert(key, now);
         }
         Ok(in_store || in_memory)
     }
 
-    /// Connections changed: drop their cached tokens (see `TokenCache::retire_connection`).
     pub fn cache(&self) -> &Arc<TokenCache> {
         &self.inner.cache
+    }
+
+    /// Applies other replicas' changes to memory (until the store's feed closes).
+    pub async fn apply_events(&self) {
+        crate::events::apply_events(
+            self.inner.store.clone(),
+            self.inner.notifier.replica().into(),
+            self.inner.cache.clone(),
+            self.inner.waiters.clone(),
+        )
+        .await;
+    }
+
+    /// Starts a background renewal of every cached token that is due (see
+    /// `VendorConfig::refresh_point`) and was used since it was fetched; idle ones are left
+    /// to expire. Returns the renewals started, at most `limit` (bounded concurrency).
+    pub fn refresh_due(self: &Arc<Self>, limit: usize) -> Vec<tokio::task::JoinHandle<()>> {
+        let now = self.inner.clock.now();
+        let mut started = Vec::new();
+        for (key, token) in self.inner.cache.snapshot() {
+            if started.len() >= limit {
+                break;
+            }
+            let (Some(refresh_at), Some(expires_at)) = (token.refresh_at, token.expires_at) else {
+                continue;
+            };
+            let fetched_at = expires_at - token.issued_lifetime.unwrap_or_default();
+            if now < refresh_at || now >= expires_at || !token.used_since(fetched_at) {
+                continue;
+            }
+            // Demand more life than the current token has left: only a newer one will do.
+            let left: Duration = (expires_at - now).try_into().unwrap_or_default();
+            let min_ttl = left + Duration::from_secs(1);
+            let this = self.clone();
+            started.push(tokio::spawn(async move {
+                let r = this
+                    .join_fetch(&key, min_ttl, this.inner.config.max_wait, this.inner.config.max_wait)
+                    .await;
+                match r {
+                    Ok(t) => {
+                        // The renewed token inherits the use mark: it is in use.
+                        t.touch(this.inner.clock.now());
+                        tracing::debug!(tenant = %key.tenant, provider = %key.provider, "renewed ahead of expiry");
+                    }
+                    Err(e) => tracing::warn!(tenant = %key.tenant, provider = %key.provider, error = %e, "renewal ahead of expiry failed; the current token is served while it lasts"),
+                }
+            }));
+        }
+        started
+    }
+
+    /// The refresh-ahead loop: every `tick`, renew what is due, at most `concurrency` at once.
+    pub async fn refresh_ahead(self: Arc<Self>, tick: Duration, concurrency: usize) {
+        let mut interval = tokio::time::interval(tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            for handle in self.refresh_due(concurrency) {
+                let _ = handle.await;
+            }
+        }
     }
 }
 
@@ -210,316 +305,6 @@ fn unsatisfiable(min_ttl: Duration, lifetime: Duration) -> Error {
         lifetime_secs: lifetime.as_secs() as i64,
     }
 }
-
-/// The one fetch for a key: the shared store first (another replica, or this one before a
-/// restart, may hold a fresh token), then the provider — client credentials for the
-/// connection itself, the refresh token for an end user's grant.
-async fn fetch(inner: &Inner, key: TokenKey, min_ttl: Duration) -> Result<Arc<CachedToken>> {
-    // Read before the connection: a change after this point fences our insert.
-    let epoch = inner.cache.epoch(&key.connection());
-    let conn = load_connection(inner, &key).await?;
-
-    if key.subject.is_client()
-        && let Some(ct) = &conn.api_key
-    {
-        let api_key = inner
-            .envelope
-            .decrypt_string(connection_aad(conn.id, "api_key"), ct)
-            .await?;
-        let token = Arc::new(CachedToken {
-            access_token: api_key,
-            expires_at: None,
-            scopes: Vec::new(),
-            issued_lifetime: None,
-            fresh_from_provider: false,
-        });
-        inner.cache.insert_if_current(key, token.clone(), epoch);
-        return Ok(token);
-    }
-
-    let settings: ConnectionSettings = serde_json::from_str(&conn.settings)
-        .map_err(|e| StoreError::Database(format!("connection {} settings: {e}", conn.id)))?;
-    let effective =
-        settings
-            .resolve(inner.config.policy)
-            .map_err(|e| Error::ConnectionInvalid {
-                tenant: key.tenant.to_string(),
-                provider: key.provider.to_string(),
-                reason: e.to_string(),
-            })?;
-
-    let grant = if key.subject.is_client() {
-        None
-    } else {
-        let grant = inner
-            .store
-            .get_grant(conn.id, key.subject.as_str())
-            .await?
-            .ok_or_else(|| Error::GrantNotFound {
-                tenant: key.tenant.to_string(),
-                provider: key.provider.to_string(),
-                subject: key.subject.to_string(),
-            })?;
-        if grant.status == GrantStatus::ReauthorizationRequired {
-            return Err(reauthorize(
-                &key,
-                "the provider refused its refresh token earlier",
-            ));
-        }
-        Some(grant)
-    };
-
-    if let Some(token) = stored_token(inner, &conn, &key, min_ttl).await? {
-        inner.cache.insert_if_current(key, token.clone(), epoch);
-        tracing::debug!("token loaded from the shared store");
-        return Ok(token);
-    }
-
-    let missing = |what| Error::MissingCredential {
-        tenant: key.tenant.to_string(),
-        provider: key.provider.to_string(),
-        missing: what,
-    };
-    let token_url = effective
-        .token_url
-        .as_ref()
-        .ok_or_else(|| missing("token_url"))?;
-    let secret_ct = conn
-        .client_secret
-        .as_ref()
-        .ok_or_else(|| missing("client_secret"))?;
-    let client_secret: SecretString = inner
-        .envelope
-        .decrypt_string(connection_aad(conn.id, "client_secret"), secret_ct)
-        .await?;
-
-    let Some(grant) = grant else {
-        let response = inner
-            .client
-            .fetch(&TokenRequest {
-                token_url,
-                credentials: ClientCredentials {
-                    auth: effective.client_auth,
-                    client_id: &effective.client_id,
-                    client_secret: &client_secret,
-                },
-                grant: Grant::ClientCredentials,
-                scopes: &effective.scopes,
-                audience: (effective.always_send_audience || !effective.audience.is_empty())
-                    .then_some(effective.audience.as_str()),
-                extra_params: &effective.extra_params,
-                default_expires_in: effective.default_expires_in,
-            })
-            .await?;
-        let (record, token) =
-            record_token(&inner.envelope, inner.clock.as_ref(), &conn, &key, response).await?;
-        // The token is good whether or not it could be shared: serve it either way.
-        if let Err(e) = inner.store.save_token(&record).await {
-            tracing::warn!(error = %e, "could not store the fetched token; serving it from memory only");
-        }
-        inner.cache.insert_if_current(key, token.clone(), epoch);
-        tracing::info!("fetched a token from the provider");
-        return Ok(token);
-    };
-
-    // An end user's grant: refresh. Never retried after an unknown outcome (the token
-    // client knows), never looped on invalid_grant.
-    let Some(rt_ct) = &grant.refresh_token else {
-        return Err(reauthorize(
-            &key,
-            "the provider issued no refresh token and the access token expired",
-        ));
-    };
-    let refresh_token = inner
-        .envelope
-        .decrypt_string(grant_aad(grant.id), rt_ct)
-        .await?;
-    let response = inner
-        .client
-        .fetch(&TokenRequest {
-            token_url,
-            credentials: ClientCredentials {
-                auth: effective.user_grant_client_auth,
-                client_id: &effective.client_id,
-                client_secret: &client_secret,
-            },
-            grant: Grant::RefreshToken(&refresh_token),
-            scopes: &grant.scopes,
-            audience: None,
-            extra_params: &effective.extra_params,
-            default_expires_in: effective.default_expires_in,
-        })
-        .await;
-    let response = match response {
-        Err(ProviderError::OAuth { code, .. }) if code == "invalid_grant" => {
-            inner
-                .store
-                .set_grant_status(
-                    grant.id,
-                    GrantStatus::ReauthorizationRequired,
-                    inner.clock.now(),
-                )
-                .await?;
-            inner.cache.remove(&key);
-            tracing::warn!(subject = %key.subject, "refresh token rejected (invalid_grant): the end user must authorize again");
-            return Err(reauthorize(
-                &key,
-                "the provider rejected the refresh token (invalid_grant)",
-            ));
-        }
-        other => other?,
-    };
-    let rotated = match &response.refresh_token {
-        Some(rt) => Some(
-            inner
-                .envelope
-                .encrypt(grant_aad(grant.id), rt.expose_secret().as_bytes())
-                .await?,
-        ),
-        None => None,
-    };
-    let (record, token) =
-        record_token(&inner.envelope, inner.clock.as_ref(), &conn, &key, response).await?;
-    // The provider may have rotated the refresh token: it is committed together with the
-    // access token before anyone sees the access token, or the grant would be lost.
-    inner
-        .store
-        .save_refreshed(grant.id, rotated.as_deref(), &record)
-        .await?;
-    inner.cache.insert_if_current(key, token.clone(), epoch);
-    tracing::info!(rotated = rotated.is_some(), "refreshed an end-user token");
-    Ok(token)
-}
-
-fn reauthorize(key: &TokenKey, detail: &'static str) -> Error {
-    Error::ReauthorizationRequired {
-        tenant: key.tenant.to_string(),
-        provider: key.provider.to_string(),
-        subject: key.subject.to_string(),
-        detail,
-    }
-}
-
-/// The shared store's token, if it belongs to the current connection version and lives
-/// at least `min_ttl` longer.
-async fn stored_token(
-    inner: &Inner,
-    conn: &ConnectionRecord,
-    key: &TokenKey,
-    min_ttl: Duration,
-) -> Result<Option<Arc<CachedToken>>> {
-    let Some(stored) = inner
-        .store
-        .load_token(conn.id, key.subject.as_str())
-        .await?
-    else {
-        return Ok(None);
-    };
-    if stored.connection_version != conn.version || stored.expires_at - inner.clock.now() < min_ttl
-    {
-        return Ok(None);
-    }
-    let access_token = inner
-        .envelope
-        .decrypt_string(token_aad(conn, key), &stored.access_token)
-        .await?;
-    Ok(Some(Arc::new(CachedToken {
-        access_token,
-        expires_at: Some(stored.expires_at),
-        scopes: stored.scopes,
-        issued_lifetime: (stored.expires_at - stored.fetched_at).try_into().ok(),
-        fresh_from_provider: false,
-    })))
-}
-
-/// A provider's answer as a storable record (encrypted) and a cacheable token. Shared with
-/// the authorization-code exchange (`grants`).
-pub(crate) async fn record_token(
-    envelope: &Envelope,
-    clock: &dyn Clock,
-    conn: &ConnectionRecord,
-    key: &TokenKey,
-    response: crate::oauth::TokenResponse,
-) -> Result<(TokenRecord, Arc<CachedToken>)> {
-    // Microsecond precision, as both databases store it: memory and store then agree.
-    let now = clock.now();
-    let fetched_at = now
-        .replace_nanosecond(now.nanosecond() / 1000 * 1000)
-        .unwrap_or(now);
-    let expires_at = fetched_at + response.expires_in;
-    let plaintext = response.access_token.expose_secret().as_bytes();
-    let record = TokenRecord {
-        connection_id: conn.id,
-        subject: key.subject.as_str().to_owned(),
-        connection_version: conn.version,
-        access_token: envelope.encrypt(token_aad(conn, key), plaintext).await?,
-        token_sha256: Sha256::digest(plaintext).to_vec(),
-        scopes: response.scopes.clone(),
-        expires_at,
-        fetched_at,
-    };
-    let token = Arc::new(CachedToken {
-        access_token: response.access_token,
-        expires_at: Some(expires_at),
-        scopes: response.scopes,
-        issued_lifetime: Some(response.expires_in),
-        fresh_from_provider: true,
-    });
-    Ok((record, token))
-}
-
-/// The connection, or which of tenant and connection is missing.
-pub(crate) async fn load_connection_of(
-    store: &dyn Store,
-    key: &crate::ids::ConnectionKey,
-) -> Result<ConnectionRecord> {
-    match store.get_connection(key).await? {
-        Some(c) => Ok(c),
-        None => Err(if store.get_tenant(&key.tenant).await?.is_none() {
-            Error::TenantNotFound(key.tenant.to_string())
-        } else {
-            Error::ConnectionNotFound {
-                tenant: key.tenant.to_string(),
-                provider: key.provider.to_string(),
-            }
-        }),
-    }
-}
-
-async fn load_connection(inner: &Inner, key: &TokenKey) -> Result<ConnectionRecord> {
-    load_connection_of(inner.store.as_ref(), &key.connection()).await
-}
-
-/// Connection secrets are bound to the connection's immutable row id and their column.
-pub(crate) fn connection_aad(id: uuid::Uuid, column: &'static str) -> Aad<'static> {
-    Aad {
-        table: CONNECTIONS,
-        column,
-        row: id,
-        qualifier: "",
-    }
-}
-
-/// Token rows are keyed by (connection id, subject); both are immutable, so both are bound.
-/// A grant's refresh token is bound to the grant's immutable row id.
-pub(crate) fn grant_aad(id: uuid::Uuid) -> Aad<'static> {
-    Aad {
-        table: "grants",
-        column: "refresh_token",
-        row: id,
-        qualifier: "",
-    }
-}
-
-pub(crate) fn token_aad<'a>(conn: &ConnectionRecord, key: &'a TokenKey) -> Aad<'a> {
-    Aad {
-        table: TOKENS,
-        column: "access_token",
-        row: conn.id,
-        qualifier: key.subject.as_str(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -544,13 +329,14 @@ mod tests {
             subject: Subject::client(),
         };
         let clock = ManualClock::new(datetime!(2026-01-01 0:00 UTC));
-        let token = Arc::new(CachedToken {
-            access_token: SecretString::from("t"),
-            expires_at: Some(clock.now() + time::Duration::seconds(100)),
-            scopes: vec![],
-            issued_lifetime: Some(std::time::Duration::from_secs(100)),
-            fresh_from_provider: true,
-        });
+        let token = Arc::new(CachedToken::new(
+            SecretString::from("t"),
+            Some(clock.now() + time::Duration::seconds(100)),
+            vec![],
+            Some(std::time::Duration::from_secs(100)),
+            true,
+            None,
+        ));
         let vendor = warm_vendor(&key, token, Arc::new(clock.clone()));
         // Polled once: Ready. The store behind it panics on any use.
         let got = vendor

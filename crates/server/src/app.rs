@@ -5,11 +5,13 @@ use std::{path::Path, sync::Arc};
 
 use anyhow::{Context, Result, bail};
 use tokenvend_core::{
+    Deps,
     admin::Admin,
     cache::TokenCache,
     clock::SystemClock,
     connection::EndpointPolicy,
     crypto::{Envelope, KeyRing},
+    events::Notifier,
     grants::{Grants, GrantsConfig},
     oauth::{TokenClient, TokenClientConfig},
     vend::{Vendor, VendorConfig},
@@ -88,6 +90,22 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             "TOKENVEND_ALLOW_INSECURE_ENDPOINTS=true: http:// and internal provider URLs are allowed (development only)"
         );
     }
+    // The lease must outlive a provider request with all its retries, or a slow holder's
+    // refresh could overlap the next holder's.
+    let attempts = TokenClientConfig::default().max_attempts;
+    let budget = args.provider_timeout * attempts + std::time::Duration::from_secs(2);
+    if args.lease_ttl <= budget {
+        bail!(
+            "TOKENVEND_LEASE_TTL ({:?}) must exceed {attempts} x TOKENVEND_PROVIDER_TIMEOUT plus 2 s ({budget:?})",
+            args.lease_ttl
+        );
+    }
+    let replica = args.replica_id.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "tokenvend".into());
+        format!("{host}-{:08x}", rand::random::<u32>())
+    });
     let ring = load_key_ring(&args.db)?;
     let store = tokenvend_store::open(&args.db.url(), true)
         .await
@@ -100,44 +118,54 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let clock = Arc::new(SystemClock);
     let client = TokenClient::new(TokenClientConfig {
         request_timeout: args.provider_timeout,
+        connect_timeout: args.provider_timeout.min(std::time::Duration::from_secs(3)),
         allow_insecure: args.allow_insecure_endpoints,
         ..Default::default()
     })
     .context("building the HTTP client")?;
+    let notifier = Notifier::new(store.clone(), replica.clone());
+    let deps = Deps {
+        store: store.clone(),
+        envelope,
+        cache,
+        client,
+        clock,
+        notifier: notifier.clone(),
+    };
     let vendor = Arc::new(Vendor::new(
-        store.clone(),
-        envelope.clone(),
-        cache.clone(),
-        client.clone(),
-        clock.clone(),
+        deps.clone(),
         VendorConfig {
             default_min_ttl: args.default_min_ttl,
             max_wait: args.max_wait,
             invalidate_min_interval: args.invalidate_min_interval,
             policy,
+            lease_ttl: args.lease_ttl,
+            request_timeout: args.provider_timeout,
+            negative_ttl: args.negative_cache_ttl,
+            ..VendorConfig::default()
         },
     ));
+    // Other replicas' changes (and, on a gap in the feed, a full reload from the store).
+    tokio::spawn({
+        let vendor = vendor.clone();
+        async move { vendor.apply_events().await }
+    });
+    if !args.refresh_tick.is_zero() {
+        tokio::spawn(
+            vendor
+                .clone()
+                .refresh_ahead(args.refresh_tick, args.refresh_concurrency.max(1)),
+        );
+    }
     let grants = Arc::new(Grants::new(
-        store.clone(),
-        envelope.clone(),
-        cache.clone(),
-        client.clone(),
-        clock.clone(),
+        deps.clone(),
         GrantsConfig {
             public_url: args.public_url.clone(),
             authorization_ttl: args.authorization_ttl,
             policy,
         },
     ));
-    let admin = Arc::new(Admin::new(
-        store.clone(),
-        envelope,
-        cache,
-        clock,
-        policy,
-        client,
-        grants.clone(),
-    ));
+    let admin = Arc::new(Admin::new(deps, policy, grants.clone()));
 
     let auth = ApiKeyAuth::new(args.bootstrap_admin_key.as_deref());
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -152,6 +180,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<TokenServiceServer<TokenApi>>().await;
     health.set_serving::<AdminServiceServer<AdminApi>>().await;
+    // Administration needs the database; tokens do not (cache hits keep being served), so
+    // only AdminService follows the database's health and "" / TokenService stay SERVING:
+    // a readiness probe must not take every replica out during a database outage.
+    tokio::spawn(watch_store(store.clone(), health.clone()));
 
     let grpc_listener = tokio::net::TcpListener::bind(args.grpc_addr)
         .await
@@ -190,6 +222,35 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     h.context("HTTP server")?;
     tracing::info!("shut down cleanly");
     Ok(())
+}
+
+async fn watch_store(
+    store: Arc<dyn tokenvend_core::store::Store>,
+    health: tonic_health::server::HealthReporter,
+) {
+    let mut serving = true;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let ok = matches!(
+            tokio::time::timeout(std::time::Duration::from_secs(2), store.ping()).await,
+            Ok(Ok(()))
+        );
+        if ok != serving {
+            serving = ok;
+            if ok {
+                tracing::info!("database reachable again: AdminService SERVING");
+                health.set_serving::<AdminServiceServer<AdminApi>>().await;
+            } else {
+                tracing::warn!(
+                    "database unreachable: AdminService NOT_SERVING; cached tokens are still served"
+                );
+                health
+                    .set_not_serving::<AdminServiceServer<AdminApi>>()
+                    .await;
+            }
+        }
+    }
 }
 
 /// SIGTERM (Kubernetes) or SIGINT (Ctrl-C) starts a graceful shutdown: listeners close,

@@ -92,6 +92,23 @@ pub struct ServeArgs {
     /// Timeout of one HTTP exchange with a provider's token endpoint.
     #[arg(long, env = "TOKENVEND_PROVIDER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub provider_timeout: Duration,
+    /// How long one replica may hold a token key's refresh lease. Must exceed the provider
+    /// timeout times 3 attempts plus back-off (checked at start-up).
+    #[arg(long, env = "TOKENVEND_LEASE_TTL", default_value = "45s", value_parser = parse_duration)]
+    pub lease_ttl: Duration,
+    /// How long a definitive provider error (invalid_client, a 403, …) is answered again
+    /// without asking the provider.
+    #[arg(long, env = "TOKENVEND_NEGATIVE_CACHE_TTL", default_value = "10s", value_parser = parse_duration)]
+    pub negative_cache_ttl: Duration,
+    /// How often the background refresher looks for tokens due for renewal (0 disables it).
+    #[arg(long, env = "TOKENVEND_REFRESH_TICK", default_value = "1s", value_parser = parse_duration)]
+    pub refresh_tick: Duration,
+    /// At most this many background renewals at once.
+    #[arg(long, env = "TOKENVEND_REFRESH_CONCURRENCY", default_value = "8")]
+    pub refresh_concurrency: usize,
+    /// This replica's name in refresh leases (default: host name and a random suffix).
+    #[arg(long, env = "TOKENVEND_REPLICA_ID")]
+    pub replica_id: Option<String>,
     /// How long a started authorization-code flow may take (the end user's login included).
     #[arg(long, env = "TOKENVEND_AUTHORIZATION_TTL", default_value = "10m", value_parser = parse_duration)]
     pub authorization_ttl: Duration,

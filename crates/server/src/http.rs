@@ -34,14 +34,18 @@ pub fn router(store: Arc<dyn Store>, grants: Arc<Grants>) -> Router {
         .with_state(AppState { store, grants })
 }
 
-/// Ready when the store answers. (A replica with a dead database still serves cached tokens;
-/// readiness reports the database so operators see it.)
+/// Ready while the process serves. A database outage does not make a replica unready: its
+/// cached tokens are still good, and failing readiness on every replica at once would turn
+/// a database outage into a total one. The body says how the database is doing.
 async fn ready(State(app): State<AppState>) -> (StatusCode, &'static str) {
     match app.store.ping().await {
         Ok(()) => (StatusCode::OK, "ready\n"),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check: store unavailable");
-            (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n")
+            (
+                StatusCode::OK,
+                "ready (database unavailable: serving cached tokens)\n",
+            )
         }
     }
 }

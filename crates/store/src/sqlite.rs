@@ -14,17 +14,27 @@ use tokenvend_core::{
     crypto::WrappedDek,
     ids::{ConnectionKey, ProviderId, TenantId},
     store::{
-        ConnectionRecord, DataKeyStore, GrantRecord, GrantStatus, PendingAuthorization, Store,
-        StoreError, TenantRecord, TokenRecord,
+        ConnectionRecord, DataKeyStore, GrantRecord, GrantStatus, Lease, LeaseEnd, LeaseWrite,
+        PendingAuthorization, Published, RecentFailure, Store, StoreError, TenantRecord,
+        TokenRecord,
     },
 };
 use uuid::Uuid;
 
 use crate::{OpenError, corrupt, db_err};
 
+/// The database's clock in Unix microseconds (leases use it, as on PostgreSQL).
+macro_rules! now_us {
+    () => {
+        "CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER)"
+    };
+}
+
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// One process: events go straight back to this process's subscribers.
+    events: tokio::sync::broadcast::Sender<Published>,
     /// Held (and locked) for the life of the store.
     _lock: Option<Arc<File>>,
 }
@@ -68,7 +78,12 @@ impl SqliteStore {
                 .await
                 .map_err(|e| OpenError::Migrate(e.to_string()))?;
         }
-        Ok(Self { pool, _lock: lock })
+        let (events, _) = tokio::sync::broadcast::channel(1024);
+        Ok(Self {
+            pool,
+            events,
+            _lock: lock,
+        })
     }
 }
 
@@ -609,6 +624,207 @@ impl Store for SqliteStore {
             .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
         Ok(done.rows_affected() > 0)
+    }
+
+    async fn try_lease(
+        &self,
+        connection_id: Uuid,
+        subject: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        let row = sqlx::query(concat!(
+            "INSERT INTO refresh_leases (connection_id, subject, generation, lease_holder, lease_until) \
+             VALUES (?1, ?2, 1, ?3, ", now_us!(), " + ?4) \
+             ON CONFLICT (connection_id, subject) DO UPDATE SET \
+               generation = refresh_leases.generation + 1, \
+               lease_holder = excluded.lease_holder, lease_until = excluded.lease_until \
+             WHERE refresh_leases.lease_until IS NULL OR refresh_leases.lease_until < ", now_us!(), " \
+             RETURNING generation, refresh_attempt_gen"
+        ))
+        .bind(connection_id)
+        .bind(subject)
+        .bind(holder)
+        .bind(ttl.as_micros() as i64)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        row.map(|r| {
+            let generation: i64 = r.try_get("generation").map_err(db_err)?;
+            let attempt: Option<i64> = r.try_get("refresh_attempt_gen").map_err(db_err)?;
+            Ok(Lease {
+                generation,
+                unfinished_attempt: attempt.is_some(),
+            })
+        })
+        .transpose()
+    }
+
+    async fn mark_refresh_attempt(
+        &self,
+        connection_id: Uuid,
+        subject: &str,
+        generation: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(concat!(
+            "UPDATE refresh_leases SET refresh_attempt_gen = ?3 \
+             WHERE connection_id = ?1 AND subject = ?2 AND generation = ?3 AND lease_until > ",
+            now_us!()
+        ))
+        .bind(connection_id)
+        .bind(subject)
+        .bind(generation)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn finish_lease(
+        &self,
+        connection_id: Uuid,
+        subject: &str,
+        generation: i64,
+        end: LeaseEnd<'_>,
+    ) -> Result<LeaseWrite, StoreError> {
+        // BEGIN IMMEDIATE semantics: the first write below takes the lock; one process anyway.
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let Some(row) = sqlx::query(
+            "SELECT generation, refresh_attempt_gen FROM refresh_leases \
+             WHERE connection_id = ?1 AND subject = ?2",
+        )
+        .bind(connection_id)
+        .bind(subject)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?
+        else {
+            return Ok(LeaseWrite::Fenced);
+        };
+        let current: i64 = row.try_get("generation").map_err(db_err)?;
+        let attempt: Option<i64> = row.try_get("refresh_attempt_gen").map_err(db_err)?;
+        let ours = current == generation;
+        match end {
+            LeaseEnd::Token { token, grant } => {
+                if !ours && attempt != Some(generation) {
+                    return Ok(LeaseWrite::Fenced);
+                }
+                upsert_token(token)?
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                if let Some((grant_id, refresh_token)) = grant {
+                    sqlx::query(
+                        "UPDATE grants SET refresh_token = COALESCE(?2, refresh_token), updated_at = ?3 \
+                         WHERE id = ?1",
+                    )
+                    .bind(grant_id)
+                    .bind(refresh_token)
+                    .bind(micros(token.fetched_at))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                }
+                sqlx::query(
+                    "UPDATE refresh_leases SET \
+                       lease_holder = CASE WHEN generation = ?3 THEN NULL ELSE lease_holder END, \
+                       lease_until = CASE WHEN generation = ?3 THEN NULL ELSE lease_until END, \
+                       refresh_attempt_gen = CASE WHEN refresh_attempt_gen = ?3 THEN NULL ELSE refresh_attempt_gen END, \
+                       last_error = NULL, error_version = NULL, error_until = NULL \
+                     WHERE connection_id = ?1 AND subject = ?2",
+                )
+                .bind(connection_id)
+                .bind(subject)
+                .bind(generation)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            }
+            LeaseEnd::Failed {
+                error,
+                connection_version,
+                until,
+                outcome_known,
+            } => {
+                if !ours {
+                    return Ok(LeaseWrite::Fenced);
+                }
+                sqlx::query(
+                    "UPDATE refresh_leases SET lease_holder = NULL, lease_until = NULL, \
+                       last_error = CASE WHEN ?5 IS NULL THEN last_error ELSE ?4 END, \
+                       error_version = CASE WHEN ?5 IS NULL THEN error_version ELSE ?6 END, \
+                       error_until = COALESCE(?5, error_until), \
+                       refresh_attempt_gen = CASE WHEN ?7 AND refresh_attempt_gen = ?3 THEN NULL ELSE refresh_attempt_gen END \
+                     WHERE connection_id = ?1 AND subject = ?2",
+                )
+                .bind(connection_id)
+                .bind(subject)
+                .bind(generation)
+                .bind(error)
+                .bind(until.map(micros))
+                .bind(connection_version)
+                .bind(outcome_known)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            }
+            LeaseEnd::Released => {
+                if !ours {
+                    return Ok(LeaseWrite::Fenced);
+                }
+                sqlx::query(
+                    "UPDATE refresh_leases SET lease_holder = NULL, lease_until = NULL \
+                     WHERE connection_id = ?1 AND subject = ?2",
+                )
+                .bind(connection_id)
+                .bind(subject)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            }
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(LeaseWrite::Written)
+    }
+
+    async fn recent_failure(
+        &self,
+        connection_id: Uuid,
+        subject: &str,
+    ) -> Result<Option<RecentFailure>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT last_error, error_version, error_until FROM refresh_leases \
+             WHERE connection_id = ?1 AND subject = ?2 AND error_until > ",
+            now_us!()
+        ))
+        .bind(connection_id)
+        .bind(subject)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        row.map(|r| {
+            Ok(RecentFailure {
+                error: r
+                    .try_get::<Option<String>, _>("last_error")
+                    .map_err(db_err)?
+                    .unwrap_or_default(),
+                connection_version: r
+                    .try_get::<Option<i64>, _>("error_version")
+                    .map_err(db_err)?
+                    .unwrap_or_default(),
+                until: from_micros(r.try_get("error_until").map_err(db_err)?)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn publish(&self, event: &Published) -> Result<(), StoreError> {
+        let _ = self.events.send(event.clone());
+        Ok(())
+    }
+
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Published> {
+        self.events.subscribe()
     }
 }
 

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Serializable so a definitive error can be remembered in the store for every replica.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum ProviderError {
     /// An RFC 6749 §5.2 error body, on a 4xx or (against the RFC) on a 200.
     #[error("the provider rejected the token request: {code}{}", description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]

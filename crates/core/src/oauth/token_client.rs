@@ -30,6 +30,11 @@ pub struct TokenClientConfig {
     pub max_attempts: u32,
     /// First back-off between attempts; doubles each time, with jitter.
     pub initial_backoff: Duration,
+    /// Consecutive failed requests (after their retries) to one token endpoint host that
+    /// open its circuit breaker.
+    pub breaker_threshold: u32,
+    /// How long an open breaker fails requests fast before letting one through again.
+    pub breaker_open: Duration,
 }
 
 impl Default for TokenClientConfig {
@@ -40,6 +45,8 @@ impl Default for TokenClientConfig {
             allow_insecure: false,
             max_attempts: 3,
             initial_backoff: Duration::from_millis(200),
+            breaker_threshold: 5,
+            breaker_open: Duration::from_secs(5),
         }
     }
 }
@@ -98,6 +105,15 @@ pub struct TokenRequest<'a> {
 pub struct TokenClient {
     http: reqwest::Client,
     config: TokenClientConfig,
+    breakers: std::sync::Arc<dashmap::DashMap<String, Breaker>>,
+}
+
+/// A per-host circuit breaker: a provider that is down is not hit by every key's refresh,
+/// and callers get UNAVAILABLE at once instead of after the whole retry budget.
+#[derive(Debug, Default)]
+struct Breaker {
+    failures: u32,
+    open_until: Option<tokio::time::Instant>,
 }
 
 /// `Authorization: Basic` per RFC 6749 §2.3.1: id and secret are form-urlencoded first,
@@ -121,12 +137,59 @@ impl TokenClient {
         Ok(Self {
             http: builder.build()?,
             config,
+            breakers: Default::default(),
         })
+    }
+
+    /// Fails fast while the host's breaker is open.
+    fn check_breaker(&self, host: &str) -> Result<(), ProviderError> {
+        let now = tokio::time::Instant::now();
+        match self
+            .breakers
+            .get(host)
+            .and_then(|b| b.open_until.map(|u| (u, b.failures)))
+        {
+            Some((until, failures)) if until > now => Err(ProviderError::Unavailable {
+                reason: format!(
+                    "{failures} consecutive requests to this provider failed; not trying again for {}s",
+                    (until - now).as_secs() + 1
+                ),
+                retry_after: Some(until - now),
+                never_sent: true,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn record(&self, host: &str, result: &Result<TokenResponse, ProviderError>) {
+        let transient = matches!(result, Err(e) if e.is_transient());
+        let mut b = self.breakers.entry(host.to_owned()).or_default();
+        if transient {
+            b.failures += 1;
+            if b.failures >= self.config.breaker_threshold {
+                b.open_until = Some(tokio::time::Instant::now() + self.config.breaker_open);
+                tracing::warn!(failures = b.failures, "provider circuit breaker open");
+            }
+        } else {
+            b.failures = 0;
+            b.open_until = None;
+        }
     }
 
     /// Requests a token, retrying transient failures of idempotent grants within the
     /// retry budget (`max_attempts`, exponential back-off with jitter, `Retry-After`).
     pub async fn fetch(&self, req: &TokenRequest<'_>) -> Result<TokenResponse, ProviderError> {
+        let host = req.token_url.origin().ascii_serialization();
+        self.check_breaker(&host)?;
+        let result = self.fetch_with_retries(req).await;
+        self.record(&host, &result);
+        result
+    }
+
+    async fn fetch_with_retries(
+        &self,
+        req: &TokenRequest<'_>,
+    ) -> Result<TokenResponse, ProviderError> {
         let mut backoff = self.config.initial_backoff;
         let mut attempt = 1;
         loop {

@@ -6,11 +6,13 @@ use std::sync::Arc;
 use secrecy::SecretString;
 use time::{Duration, OffsetDateTime, macros::datetime};
 use tokenvend_core::{
+    Deps,
     admin::{Admin, PageRequest, PutConnection},
     cache::TokenCache,
     clock::SystemClock,
     connection::{ConnectionSettings, EndpointPolicy},
     crypto::{Envelope, KeyRing, WrappedDek},
+    events::Notifier,
     grants::{Grants, GrantsConfig},
     ids::{ConnectionKey, ProviderId, TenantId},
     oauth::TokenClient,
@@ -316,33 +318,26 @@ async fn data_keys_and_envelope_across_restarts(s: Arc<dyn Store>) {
 
 fn admin(s: &Arc<dyn Store>) -> Admin {
     let ring = KeyRing::parse(&KeyRing::generate_entry("k1")).unwrap();
-    let envelope = Arc::new(Envelope::new(ring, s.clone()));
-    let cache = Arc::new(TokenCache::new());
+    let deps = Deps {
+        store: s.clone(),
+        envelope: Arc::new(Envelope::new(ring, s.clone())),
+        cache: Arc::new(TokenCache::new()),
+        client: TokenClient::new(Default::default()).unwrap(),
+        clock: Arc::new(SystemClock),
+        notifier: Notifier::new(s.clone(), "test"),
+    };
     let policy = EndpointPolicy {
         allow_insecure: false,
     };
-    let client = TokenClient::new(Default::default()).unwrap();
     let grants = Arc::new(Grants::new(
-        s.clone(),
-        envelope.clone(),
-        cache.clone(),
-        client.clone(),
-        Arc::new(SystemClock),
+        deps.clone(),
         GrantsConfig {
             public_url: None,
             authorization_ttl: std::time::Duration::from_secs(600),
             policy,
         },
     ));
-    Admin::new(
-        s.clone(),
-        envelope,
-        cache,
-        Arc::new(SystemClock),
-        policy,
-        client,
-        grants,
-    )
+    Admin::new(deps, policy, grants)
 }
 
 fn put(secret: &str) -> PutConnection {

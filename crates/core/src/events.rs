@@ -1,0 +1,166 @@
+//! Change notifications between replicas, and the in-process waiters they wake.
+//!
+//! Every replica publishes what others must hear (connection changed, token invalidated,
+//! a refresh lease ended) through the store (PostgreSQL NOTIFY; in-process for SQLite), and
+//! applies what it receives to its memory. Waiters for a key held by another replica's lease
+//! are woken by `LeaseEnded`, and poll in case a notification is lost.
+
+use std::{sync::Arc, time::Duration};
+
+use dashmap::DashMap;
+use tokio::sync::Notify;
+
+use crate::{
+    cache::TokenCache,
+    ids::{ConnectionKey, ProviderId, Subject, TenantId, TokenKey},
+    store::{Published, Store, StoreEvent},
+};
+
+/// Publishes this replica's changes. Failures are logged, not returned: the change itself
+/// is already committed, and other replicas re-check on their poll interval.
+#[derive(Clone)]
+pub struct Notifier {
+    store: Arc<dyn Store>,
+    replica: Arc<str>,
+}
+
+impl Notifier {
+    pub fn new(store: Arc<dyn Store>, replica: impl Into<Arc<str>>) -> Self {
+        Self {
+            store,
+            replica: replica.into(),
+        }
+    }
+
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    async fn publish(&self, event: StoreEvent) {
+        let published = Published {
+            origin: self.replica.to_string(),
+            event,
+        };
+        if let Err(e) = self.store.publish(&published).await {
+            tracing::warn!(error = %e, event = ?published.event, "could not notify other replicas");
+        }
+    }
+
+    pub async fn connection_changed(&self, key: &ConnectionKey) {
+        self.publish(StoreEvent::ConnectionChanged {
+            tenant: key.tenant.to_string(),
+            provider: key.provider.to_string(),
+        })
+        .await;
+    }
+
+    pub async fn token_invalidated(&self, key: &TokenKey) {
+        self.publish(StoreEvent::TokenInvalidated {
+            tenant: key.tenant.to_string(),
+            provider: key.provider.to_string(),
+            subject: key.subject.to_string(),
+        })
+        .await;
+    }
+
+    pub async fn lease_ended(&self, key: &TokenKey) {
+        self.publish(StoreEvent::LeaseEnded {
+            tenant: key.tenant.to_string(),
+            provider: key.provider.to_string(),
+            subject: key.subject.to_string(),
+        })
+        .await;
+    }
+}
+
+/// Tasks waiting for another replica's refresh of a key.
+#[derive(Default)]
+pub struct Waiters {
+    keys: DashMap<TokenKey, Arc<Notify>>,
+}
+
+impl Waiters {
+    /// Waits until the key's lease ends somewhere, or `poll` passes (a notification can be
+    /// lost while the listener reconnects), whichever is first.
+    pub async fn wait(&self, key: &TokenKey, poll: Duration) {
+        let notify = self.keys.entry(key.clone()).or_default().clone();
+        let _ = tokio::time::timeout(poll, notify.notified()).await;
+    }
+
+    pub fn wake(&self, key: &TokenKey) {
+        if let Some(n) = self.keys.get(key) {
+            n.notify_waiters();
+        }
+    }
+
+    pub fn wake_all(&self) {
+        for n in self.keys.iter() {
+            n.notify_waiters();
+        }
+    }
+}
+
+fn token_key(tenant: &str, provider: &str, subject: &str) -> Option<TokenKey> {
+    Some(TokenKey {
+        tenant: TenantId::parse(tenant).ok()?,
+        provider: ProviderId::parse(provider).ok()?,
+        subject: Subject::parse(subject).ok()?,
+    })
+}
+
+/// Applies every replica's changes to this replica's memory until the store's feed ends.
+pub async fn apply_events(
+    store: Arc<dyn Store>,
+    replica: Arc<str>,
+    cache: Arc<TokenCache>,
+    waiters: Arc<Waiters>,
+) {
+    let mut rx = store.subscribe();
+    loop {
+        let published = match rx.recv().await {
+            Ok(p) => p,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "change feed lagged; dropping cached tokens");
+                Published {
+                    origin: String::new(),
+                    event: StoreEvent::Resync,
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        let own = published.origin == *replica;
+        match published.event {
+            StoreEvent::LeaseEnded {
+                tenant,
+                provider,
+                subject,
+            } => {
+                if let Some(k) = token_key(&tenant, &provider, &subject) {
+                    waiters.wake(&k);
+                }
+            }
+            StoreEvent::TokenInvalidated {
+                tenant,
+                provider,
+                subject,
+            } => {
+                if !own && let Some(k) = token_key(&tenant, &provider, &subject) {
+                    cache.remove(&k);
+                }
+            }
+            StoreEvent::ConnectionChanged { tenant, provider } => {
+                if !own
+                    && let (Ok(tenant), Ok(provider)) =
+                        (TenantId::parse(tenant), ProviderId::parse(provider))
+                {
+                    cache.retire_connection(&ConnectionKey { tenant, provider });
+                }
+            }
+            StoreEvent::Resync => {
+                // Anything may have changed unseen: reload from the store on the next use.
+                cache.retire_all();
+                waiters.wake_all();
+            }
+        }
+    }
+}

@@ -1,0 +1,566 @@
+//! Getting a token when memory has none fresh enough: the one place the refresh logic lives.
+//!
+//! 1. The shared store: another replica (or this one before a restart) may hold a fresh one.
+//! 2. A brief negative cache: a definitive provider error met moments ago (by any replica)
+//!    is answered again without asking the provider.
+//! 3. The key's refresh lease (one holder fleet-wide, fenced by a generation, on the
+//!    database's clock). Without it: wait for the holder's `LeaseEnded` (or poll), re-check.
+//! 4. Under the lease: re-read the store (someone may just have finished), then call the
+//!    provider, then write fenced and tell the others.
+//!
+//! Refresh tokens need more care than client credentials: re-sending one whose outcome is
+//! unknown can make the provider revoke the grant (RFC 9700 §4.14.2). So a refresh is sent
+//! only by the lease holder, only with enough lease left for the request, and only after
+//! recording "attempt in flight" under the lease's generation. Its result is written while
+//! that attempt is still the recorded one, even after a takeover — the provider has already
+//! rotated the token. A holder that finds an attempt nobody finished (its replica died)
+//! cannot know whether that refresh token was consumed: it tries it once; `invalid_grant`
+//! then marks the grant for re-authorization, which is never retried in a loop.
+
+use std::{sync::Arc, time::Duration};
+
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use crate::{
+    cache::CachedToken,
+    clock::Clock,
+    connection::{ConnectionSettings, Effective},
+    crypto::{Aad, Envelope},
+    error::{Error, Result},
+    ids::{ConnectionKey, TokenKey},
+    oauth::{ClientCredentials, Grant, ProviderError, TokenRequest, TokenResponse},
+    store::{
+        ConnectionRecord, GrantRecord, GrantStatus, Lease, LeaseEnd, LeaseWrite, Store, StoreError,
+        TokenRecord,
+    },
+    vend::Inner,
+};
+
+pub(crate) const CONNECTIONS: &str = "connections";
+pub(crate) const TOKENS: &str = "tokens";
+
+/// Margin kept between the end of the lease and the end of a refresh request.
+const LEASE_MARGIN: Duration = Duration::from_secs(1);
+
+pub(crate) async fn fetch(
+    inner: &Inner,
+    key: TokenKey,
+    min_ttl: Duration,
+) -> Result<Arc<CachedToken>> {
+    // Read before the connection: a change after this point fences our cache insert.
+    let epoch = inner.cache.epoch(&key.connection());
+    let conn = load_connection_of(inner.store.as_ref(), &key.connection()).await?;
+
+    if key.subject.is_client()
+        && let Some(ct) = &conn.api_key
+    {
+        let api_key = inner
+            .envelope
+            .decrypt_string(connection_aad(conn.id, "api_key"), ct)
+            .await?;
+        let token = Arc::new(CachedToken::new(
+            api_key,
+            None,
+            Vec::new(),
+            None,
+            false,
+            None,
+        ));
+        inner.cache.insert_if_current(key, token.clone(), epoch);
+        return Ok(token);
+    }
+
+    let settings: ConnectionSettings = serde_json::from_str(&conn.settings)
+        .map_err(|e| StoreError::Database(format!("connection {} settings: {e}", conn.id)))?;
+    let effective =
+        settings
+            .resolve(inner.config.policy)
+            .map_err(|e| Error::ConnectionInvalid {
+                tenant: key.tenant.to_string(),
+                provider: key.provider.to_string(),
+                reason: e.to_string(),
+            })?;
+    let grant = if key.subject.is_client() {
+        None
+    } else {
+        Some(active_grant(inner.store.as_ref(), &conn, &key).await?)
+    };
+
+    let give_up = tokio::time::Instant::now() + inner.config.max_wait;
+    loop {
+        if let Some(token) = stored_token(inner, &conn, &key, min_ttl).await? {
+            inner.cache.insert_if_current(key, token.clone(), epoch);
+            tracing::debug!("token loaded from the shared store");
+            return Ok(token);
+        }
+        if let Some(failure) = inner
+            .store
+            .recent_failure(conn.id, key.subject.as_str())
+            .await?
+            && failure.connection_version == conn.version
+            && let Ok(e) = serde_json::from_str::<ProviderError>(&failure.error)
+        {
+            tracing::debug!("answering a recent definitive provider error again");
+            return Err(e.into());
+        }
+        let lease = inner
+            .store
+            .try_lease(
+                conn.id,
+                key.subject.as_str(),
+                inner.notifier.replica(),
+                inner.config.lease_ttl,
+            )
+            .await?;
+        if let Some(lease) = lease {
+            return under_lease(
+                inner,
+                &key,
+                &conn,
+                &effective,
+                grant.as_ref(),
+                lease,
+                epoch,
+                min_ttl,
+            )
+            .await;
+        }
+        if tokio::time::Instant::now() >= give_up {
+            return Err(ProviderError::Unavailable {
+                reason: "another replica holds the refresh lease and has not finished".into(),
+                retry_after: Some(Duration::from_secs(1)),
+                never_sent: true,
+            }
+            .into());
+        }
+        inner.waiters.wait(&key, inner.config.poll_interval).await;
+    }
+}
+
+async fn active_grant(
+    store: &dyn Store,
+    conn: &ConnectionRecord,
+    key: &TokenKey,
+) -> Result<GrantRecord> {
+    let grant = store
+        .get_grant(conn.id, key.subject.as_str())
+        .await?
+        .ok_or_else(|| Error::GrantNotFound {
+            tenant: key.tenant.to_string(),
+            provider: key.provider.to_string(),
+            subject: key.subject.to_string(),
+        })?;
+    if grant.status == GrantStatus::ReauthorizationRequired {
+        return Err(reauthorize(
+            key,
+            "the provider refused its refresh token earlier",
+        ));
+    }
+    Ok(grant)
+}
+
+/// What the lease holder found.
+enum Found {
+    /// Another holder finished just before we took the lease.
+    Stored(Arc<CachedToken>),
+    Fetched(Fetched),
+}
+
+struct Fetched {
+    record: TokenRecord,
+    token: Arc<CachedToken>,
+    rotated_refresh_token: Option<Vec<u8>>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn under_lease(
+    inner: &Inner,
+    key: &TokenKey,
+    conn: &ConnectionRecord,
+    effective: &Effective,
+    grant: Option<&GrantRecord>,
+    lease: Lease,
+    epoch: u64,
+    min_ttl: Duration,
+) -> Result<Arc<CachedToken>> {
+    let taken = tokio::time::Instant::now();
+    let subject = key.subject.as_str();
+    let result = async {
+        // Someone may have finished just before we took the lease.
+        if let Some(token) = stored_token(inner, conn, key, min_ttl).await? {
+            return Ok(Found::Stored(token));
+        }
+        call_provider(inner, key, conn, effective, grant, lease, taken)
+            .await
+            .map(Found::Fetched)
+    }
+    .await;
+
+    let token = match result {
+        Ok(Found::Stored(token)) => {
+            inner
+                .store
+                .finish_lease(conn.id, subject, lease.generation, LeaseEnd::Released)
+                .await?;
+            token
+        }
+        Ok(Found::Fetched(fetched)) => {
+            let written = inner
+                .store
+                .finish_lease(
+                    conn.id,
+                    subject,
+                    lease.generation,
+                    LeaseEnd::Token {
+                        token: &fetched.record,
+                        grant: grant.map(|g| (g.id, fetched.rotated_refresh_token.as_deref())),
+                    },
+                )
+                .await;
+            match written {
+                Ok(LeaseWrite::Written) => {}
+                Ok(LeaseWrite::Fenced) => tracing::warn!(
+                    "the refresh lease was taken over while we fetched; the newer holder's token stays stored"
+                ),
+                // A rotated refresh token that could not be stored would be lost with the
+                // grant: do not hand out its access token as if all were well.
+                Err(e) if grant.is_some() => return Err(e.into()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not store the fetched token; serving it from memory only")
+                }
+            }
+            fetched.token
+        }
+        Err(e) => {
+            let (definitive, outcome_known) = classify(&e, grant.is_some());
+            let until = definitive.then(|| inner.clock.now() + inner.config.negative_ttl);
+            let error = match &e {
+                Error::Provider(p) => serde_json::to_string(p).unwrap_or_default(),
+                _ => String::new(),
+            };
+            if let Err(store_err) = inner
+                .store
+                .finish_lease(
+                    conn.id,
+                    subject,
+                    lease.generation,
+                    LeaseEnd::Failed {
+                        error: &error,
+                        connection_version: conn.version,
+                        until: until.filter(|_| !error.is_empty()),
+                        outcome_known,
+                    },
+                )
+                .await
+            {
+                tracing::warn!(error = %store_err, "could not record the failed refresh");
+            }
+            inner.notifier.lease_ended(key).await;
+            return Err(e);
+        }
+    };
+    inner.notifier.lease_ended(key).await;
+    inner
+        .cache
+        .insert_if_current(key.clone(), token.clone(), epoch);
+    Ok(token)
+}
+
+/// (remember it briefly for every replica, the request's outcome is known).
+fn classify(e: &Error, refresh_grant: bool) -> (bool, bool) {
+    match e {
+        Error::Provider(p) => match p {
+            ProviderError::OAuth { .. }
+            | ProviderError::Rejected { .. }
+            | ProviderError::Refused { .. }
+            | ProviderError::BadResponse { .. } => (true, true),
+            // A timeout or 5xx may have consumed a refresh token: outcome unknown.
+            ProviderError::Unavailable { never_sent, .. } => (false, !refresh_grant || *never_sent),
+        },
+        _ => (false, true),
+    }
+}
+
+async fn call_provider(
+    inner: &Inner,
+    key: &TokenKey,
+    conn: &ConnectionRecord,
+    effective: &Effective,
+    grant: Option<&GrantRecord>,
+    lease: Lease,
+    taken: tokio::time::Instant,
+) -> Result<Fetched> {
+    let missing = |what| Error::MissingCredential {
+        tenant: key.tenant.to_string(),
+        provider: key.provider.to_string(),
+        missing: what,
+    };
+    let token_url = effective
+        .token_url
+        .as_ref()
+        .ok_or_else(|| missing("token_url"))?;
+    let secret_ct = conn
+        .client_secret
+        .as_ref()
+        .ok_or_else(|| missing("client_secret"))?;
+    let client_secret: SecretString = inner
+        .envelope
+        .decrypt_string(connection_aad(conn.id, "client_secret"), secret_ct)
+        .await?;
+
+    let Some(grant) = grant else {
+        let response = inner
+            .client
+            .fetch(&TokenRequest {
+                token_url,
+                credentials: ClientCredentials {
+                    auth: effective.client_auth,
+                    client_id: &effective.client_id,
+                    client_secret: &client_secret,
+                },
+                grant: Grant::ClientCredentials,
+                scopes: &effective.scopes,
+                audience: (effective.always_send_audience || !effective.audience.is_empty())
+                    .then_some(effective.audience.as_str()),
+                extra_params: &effective.extra_params,
+                default_expires_in: effective.default_expires_in,
+            })
+            .await?;
+        let (record, token) = record_token(inner, conn, key, response).await?;
+        tracing::info!("fetched a token from the provider");
+        return Ok(Fetched {
+            record,
+            token,
+            rotated_refresh_token: None,
+        });
+    };
+
+    let Some(rt_ct) = &grant.refresh_token else {
+        return Err(reauthorize(
+            key,
+            "the provider issued no refresh token and the access token expired",
+        ));
+    };
+    if lease.unfinished_attempt {
+        tracing::warn!(subject = %key.subject, "an earlier refresh of this grant never finished; trying the stored refresh token once");
+    }
+    // Send only with enough lease left for the whole request.
+    let left = inner.config.lease_ttl.saturating_sub(taken.elapsed());
+    if left < inner.config.request_timeout + LEASE_MARGIN {
+        return Err(ProviderError::Unavailable {
+            reason: "the refresh lease ran short before the request could be sent".into(),
+            retry_after: Some(Duration::from_secs(1)),
+            never_sent: true,
+        }
+        .into());
+    }
+    if !inner
+        .store
+        .mark_refresh_attempt(conn.id, key.subject.as_str(), lease.generation)
+        .await?
+    {
+        return Err(ProviderError::Unavailable {
+            reason: "the refresh lease was lost before the request could be sent".into(),
+            retry_after: Some(Duration::from_secs(1)),
+            never_sent: true,
+        }
+        .into());
+    }
+    let refresh_token = inner
+        .envelope
+        .decrypt_string(grant_aad(grant.id), rt_ct)
+        .await?;
+    let response = inner
+        .client
+        .fetch(&TokenRequest {
+            token_url,
+            credentials: ClientCredentials {
+                auth: effective.user_grant_client_auth,
+                client_id: &effective.client_id,
+                client_secret: &client_secret,
+            },
+            grant: Grant::RefreshToken(&refresh_token),
+            scopes: &grant.scopes,
+            audience: None,
+            extra_params: &effective.extra_params,
+            default_expires_in: effective.default_expires_in,
+        })
+        .await;
+    let response = match response {
+        Err(ProviderError::OAuth { code, .. }) if code == "invalid_grant" => {
+            inner
+                .store
+                .set_grant_status(
+                    grant.id,
+                    GrantStatus::ReauthorizationRequired,
+                    inner.clock.now(),
+                )
+                .await?;
+            inner.cache.remove(key);
+            tracing::warn!(subject = %key.subject, "refresh token rejected (invalid_grant): the end user must authorize again");
+            return Err(reauthorize(
+                key,
+                "the provider rejected the refresh token (invalid_grant)",
+            ));
+        }
+        other => other?,
+    };
+    let rotated_refresh_token = match &response.refresh_token {
+        Some(rt) => Some(
+            inner
+                .envelope
+                .encrypt(grant_aad(grant.id), rt.expose_secret().as_bytes())
+                .await?,
+        ),
+        None => None,
+    };
+    let (record, token) = record_token(inner, conn, key, response).await?;
+    tracing::info!(
+        rotated = rotated_refresh_token.is_some(),
+        "refreshed an end-user token"
+    );
+    Ok(Fetched {
+        record,
+        token,
+        rotated_refresh_token,
+    })
+}
+
+fn reauthorize(key: &TokenKey, detail: &'static str) -> Error {
+    Error::ReauthorizationRequired {
+        tenant: key.tenant.to_string(),
+        provider: key.provider.to_string(),
+        subject: key.subject.to_string(),
+        detail,
+    }
+}
+
+/// The shared store's token, if it belongs to the current connection version and lives
+/// at least `min_ttl` longer.
+async fn stored_token(
+    inner: &Inner,
+    conn: &ConnectionRecord,
+    key: &TokenKey,
+    min_ttl: Duration,
+) -> Result<Option<Arc<CachedToken>>> {
+    let Some(stored) = inner
+        .store
+        .load_token(conn.id, key.subject.as_str())
+        .await?
+    else {
+        return Ok(None);
+    };
+    if stored.connection_version != conn.version || stored.expires_at - inner.clock.now() < min_ttl
+    {
+        return Ok(None);
+    }
+    let access_token = inner
+        .envelope
+        .decrypt_string(token_aad(conn, key), &stored.access_token)
+        .await?;
+    let lifetime: Option<Duration> = (stored.expires_at - stored.fetched_at).try_into().ok();
+    Ok(Some(Arc::new(CachedToken::new(
+        access_token,
+        Some(stored.expires_at),
+        stored.scopes,
+        lifetime,
+        false,
+        lifetime.map(|l| inner.config.refresh_point(stored.fetched_at, l)),
+    ))))
+}
+
+async fn record_token(
+    inner: &Inner,
+    conn: &ConnectionRecord,
+    key: &TokenKey,
+    response: TokenResponse,
+) -> Result<(TokenRecord, Arc<CachedToken>)> {
+    let (record, expires_in, response) =
+        token_record(&inner.envelope, inner.clock.as_ref(), conn, key, response).await?;
+    let token = Arc::new(CachedToken::new(
+        response.access_token,
+        Some(record.expires_at),
+        response.scopes,
+        Some(expires_in),
+        true,
+        Some(inner.config.refresh_point(record.fetched_at, expires_in)),
+    ));
+    Ok((record, token))
+}
+
+/// A provider's answer as a storable (encrypted) record. Shared with the code exchange.
+pub(crate) async fn token_record(
+    envelope: &Envelope,
+    clock: &dyn Clock,
+    conn: &ConnectionRecord,
+    key: &TokenKey,
+    response: TokenResponse,
+) -> Result<(TokenRecord, Duration, TokenResponse)> {
+    // Microsecond precision, as both databases store it: memory and store then agree.
+    let now: OffsetDateTime = clock.now();
+    let fetched_at = now
+        .replace_nanosecond(now.nanosecond() / 1000 * 1000)
+        .unwrap_or(now);
+    let plaintext = response.access_token.expose_secret().as_bytes();
+    let record = TokenRecord {
+        connection_id: conn.id,
+        subject: key.subject.as_str().to_owned(),
+        connection_version: conn.version,
+        access_token: envelope.encrypt(token_aad(conn, key), plaintext).await?,
+        token_sha256: Sha256::digest(plaintext).to_vec(),
+        scopes: response.scopes.clone(),
+        expires_at: fetched_at + response.expires_in,
+        fetched_at,
+    };
+    Ok((record, response.expires_in, response))
+}
+
+/// The connection, or which of tenant and connection is missing.
+pub(crate) async fn load_connection_of(
+    store: &dyn Store,
+    key: &ConnectionKey,
+) -> Result<ConnectionRecord> {
+    match store.get_connection(key).await? {
+        Some(c) => Ok(c),
+        None => Err(if store.get_tenant(&key.tenant).await?.is_none() {
+            Error::TenantNotFound(key.tenant.to_string())
+        } else {
+            Error::ConnectionNotFound {
+                tenant: key.tenant.to_string(),
+                provider: key.provider.to_string(),
+            }
+        }),
+    }
+}
+
+/// Connection secrets are bound to the connection's immutable row id and their column.
+pub(crate) fn connection_aad(id: uuid::Uuid, column: &'static str) -> Aad<'static> {
+    Aad {
+        table: CONNECTIONS,
+        column,
+        row: id,
+        qualifier: "",
+    }
+}
+
+/// A grant's refresh token is bound to the grant's immutable row id.
+pub(crate) fn grant_aad(id: uuid::Uuid) -> Aad<'static> {
+    Aad {
+        table: "grants",
+        column: "refresh_token",
+        row: id,
+        qualifier: "",
+    }
+}
+
+/// Token rows are keyed by (connection id, subject); both are immutable, so both are bound.
+pub(crate) fn token_aad<'a>(conn: &ConnectionRecord, key: &'a TokenKey) -> Aad<'a> {
+    Aad {
+        table: TOKENS,
+        column: "access_token",
+        row: conn.id,
+        qualifier: key.subject.as_str(),
+    }
+}
