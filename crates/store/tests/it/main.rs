@@ -17,8 +17,8 @@ use tokenvend_core::{
     ids::{ConnectionKey, ProviderId, TenantId},
     oauth::TokenClient,
     store::{
-        ConnectionRecord, GrantRecord, GrantStatus, PendingAuthorization, Store, StoreError,
-        TenantRecord, TokenRecord,
+        ConnectionRecord, GrantRecord, GrantStatus, LeaseEnd, LeaseWrite, PendingAuthorization,
+        Published, Store, StoreError, StoreEvent, TenantRecord, TokenRecord,
     },
 };
 use tokenvend_testkit::postgres::PgCluster;
@@ -57,6 +57,8 @@ both!(
     concurrent_puts_do_not_lose_updates,
     pending_authorizations_are_single_use,
     grants_and_refreshes,
+    refresh_leases_are_exclusive_and_fenced,
+    change_feed_reaches_subscribers,
 );
 
 fn at(s: i64) -> OffsetDateTime {
@@ -627,4 +629,253 @@ async fn grants_and_refreshes(s: Arc<dyn Store>) {
     // deleting the connection takes the rest
     assert!(s.delete_connection(&key(&t, "p")).await.unwrap());
     assert!(s.get_grant(c.id, "bob").await.unwrap().is_none());
+}
+
+/// A lease short enough to expire during the test, long enough to use right away.
+const SHORT: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// Takes the lease once the current (short) one has expired on the database's clock. Lease
+/// expiry is wall-clock time by design, so this waits for time to pass (bounded).
+async fn take_over(s: &Arc<dyn Store>, conn: Uuid, holder: &str) -> tokenvend_core::store::Lease {
+    for _ in 0..100 {
+        if let Some(l) = s
+            .try_lease(conn, "", holder, std::time::Duration::from_secs(30))
+            .await
+            .unwrap()
+        {
+            return l;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("the short lease never expired");
+}
+
+async fn refresh_leases_are_exclusive_and_fenced(s: Arc<dyn Store>) {
+    use std::time::Duration as D;
+    let t = tenant("acme");
+    s.create_tenant(&t).await.unwrap();
+    let c = conn(&t, "p", 1);
+    s.put_connection(&c, None).await.unwrap();
+
+    // One holder at a time; the first lease of a key creates its row.
+    let a = s
+        .try_lease(c.id, "", "replica-a", D::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.generation, 1);
+    assert!(!a.unfinished_attempt);
+    assert!(
+        s.try_lease(c.id, "", "replica-b", D::from_secs(30))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Subjects are separate keys.
+    assert!(
+        s.try_lease(c.id, "alice", "replica-b", D::from_secs(30))
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    // Released: the next holder gets the next generation.
+    assert_eq!(
+        s.finish_lease(c.id, "", a.generation, LeaseEnd::Released)
+            .await
+            .unwrap(),
+        LeaseWrite::Written
+    );
+    let b = s
+        .try_lease(c.id, "", "replica-b", SHORT)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(b.generation, 2);
+
+    // B's short lease expires (on the database's clock) and C takes over.
+    let c3 = take_over(&s, c.id, "replica-c").await;
+    assert_eq!(c3.generation, 3);
+    // B's lease is gone: it may no longer start a refresh...
+    assert!(
+        !s.mark_refresh_attempt(c.id, "", b.generation)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.finish_lease(c.id, "", b.generation, LeaseEnd::Released)
+            .await
+            .unwrap(),
+        LeaseWrite::Fenced
+    );
+
+    // C starts a refresh; while it runs, D cannot take the lease.
+    assert!(
+        s.mark_refresh_attempt(c.id, "", c3.generation)
+            .await
+            .unwrap()
+    );
+    let tok = token(&c, 1, 500, 9);
+    // An attempt of an older generation that is not the recorded one is fenced off.
+    assert_eq!(
+        s.finish_lease(
+            c.id,
+            "",
+            b.generation,
+            LeaseEnd::Token {
+                token: &tok,
+                grant: None
+            }
+        )
+        .await
+        .unwrap(),
+        LeaseWrite::Fenced
+    );
+    assert!(s.load_token(c.id, "").await.unwrap().is_none());
+    // C's result is written and the lease released.
+    assert_eq!(
+        s.finish_lease(
+            c.id,
+            "",
+            c3.generation,
+            LeaseEnd::Token {
+                token: &tok,
+                grant: None
+            }
+        )
+        .await
+        .unwrap(),
+        LeaseWrite::Written
+    );
+    assert_eq!(
+        s.load_token(c.id, "").await.unwrap().unwrap().access_token,
+        vec![9]
+    );
+    let d = s
+        .try_lease(c.id, "", "replica-d", SHORT)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!d.unfinished_attempt, "C finished its attempt");
+
+    // D sends a refresh and dies: its lease runs out, the attempt stays recorded.
+    assert!(
+        s.mark_refresh_attempt(c.id, "", d.generation)
+            .await
+            .unwrap()
+    );
+    let e = take_over(&s, c.id, "replica-e").await;
+    assert!(
+        e.unfinished_attempt,
+        "E learns that D's refresh never finished"
+    );
+    // D's late result is still written: the provider already rotated the refresh token.
+    let late = token(&c, 1, 900, 7);
+    assert_eq!(
+        s.finish_lease(
+            c.id,
+            "",
+            d.generation,
+            LeaseEnd::Token {
+                token: &late,
+                grant: None
+            }
+        )
+        .await
+        .unwrap(),
+        LeaseWrite::Written
+    );
+    assert_eq!(
+        s.load_token(c.id, "").await.unwrap().unwrap().access_token,
+        vec![7]
+    );
+
+    // A definitive failure is remembered until `until`, for the connection version it hit.
+    assert!(s.recent_failure(c.id, "").await.unwrap().is_none());
+    let until = OffsetDateTime::UNIX_EPOCH + Duration::days(365 * 200);
+    assert_eq!(
+        s.finish_lease(
+            c.id,
+            "",
+            e.generation,
+            LeaseEnd::Failed {
+                error: "{\"x\":1}",
+                connection_version: 1,
+                until: Some(until),
+                outcome_known: true
+            }
+        )
+        .await
+        .unwrap(),
+        LeaseWrite::Written
+    );
+    let f = s.recent_failure(c.id, "").await.unwrap().unwrap();
+    assert_eq!((f.error.as_str(), f.connection_version), ("{\"x\":1}", 1));
+    // ...and cleared by the next success.
+    let g = s
+        .try_lease(c.id, "", "replica-g", D::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    s.finish_lease(
+        c.id,
+        "",
+        g.generation,
+        LeaseEnd::Token {
+            token: &token(&c, 1, 1000, 8),
+            grant: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(s.recent_failure(c.id, "").await.unwrap().is_none());
+    // A past `until` is not remembered at all.
+    let h = s
+        .try_lease(c.id, "", "replica-h", D::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    s.finish_lease(
+        c.id,
+        "",
+        h.generation,
+        LeaseEnd::Failed {
+            error: "e",
+            connection_version: 1,
+            until: Some(at(0)),
+            outcome_known: true,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(s.recent_failure(c.id, "").await.unwrap().is_none());
+}
+
+async fn change_feed_reaches_subscribers(s: Arc<dyn Store>) {
+    let mut rx = s.subscribe();
+    // PostgreSQL's listener says Resync once it LISTENs; publish after that (SQLite: at once).
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), async {
+        while rx.recv().await.unwrap().event != StoreEvent::Resync {}
+    })
+    .await;
+    let event = Published {
+        origin: "replica-a".into(),
+        event: StoreEvent::ConnectionChanged {
+            tenant: "acme".into(),
+            provider: "p".into(),
+        },
+    };
+    s.publish(&event).await.unwrap();
+    // PostgreSQL announces a Resync when its listener (re)connects; skip those.
+    let got = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let p = rx.recv().await.unwrap();
+            if p.event != StoreEvent::Resync {
+                return p;
+            }
+        }
+    })
+    .await
+    .expect("the event arrives");
+    assert_eq!(got, event);
 }
