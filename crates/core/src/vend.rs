@@ -151,8 +151,8 @@ impl Vendor {
         // short, the request cannot be met.
         for attempt in 0..2 {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            // Not a use for the refresher: only later hits show the key is in use.
             let token = self.join_fetch(&key, min_ttl, left, wait).await?;
-            token.touch(self.inner.clock.now());
             if token.valid_for(self.inner.clock.now(), min_ttl) {
                 return Ok(token);
             }
@@ -273,10 +273,10 @@ impl Vendor {
                 let r = this
                     .join_fetch(&key, min_ttl, this.inner.config.max_wait, this.inner.config.max_wait)
                     .await;
+                // The renewed token starts unused: if nobody asks for it before its own
+                // refresh point, it is left to expire.
                 match r {
-                    Ok(t) => {
-                        // The renewed token inherits the use mark: it is in use.
-                        t.touch(this.inner.clock.now());
+                    Ok(_) => {
                         tracing::debug!(tenant = %key.tenant, provider = %key.provider, "renewed ahead of expiry");
                     }
                     Err(e) => tracing::warn!(tenant = %key.tenant, provider = %key.provider, error = %e, "renewal ahead of expiry failed; the current token is served while it lasts"),

@@ -59,6 +59,7 @@ both!(
     grants_and_refreshes,
     refresh_leases_are_exclusive_and_fenced,
     change_feed_reaches_subscribers,
+    refresh_ahead_keeps_used_tokens_warm_and_lets_idle_ones_expire,
 );
 
 fn at(s: i64) -> OffsetDateTime {
@@ -878,4 +879,107 @@ async fn change_feed_reaches_subscribers(s: Arc<dyn Store>) {
     .await
     .expect("the event arrives");
     assert_eq!(got, event);
+}
+
+async fn refresh_ahead_keeps_used_tokens_warm_and_lets_idle_ones_expire(s: Arc<dyn Store>) {
+    use futures::FutureExt;
+    use tokenvend_core::{
+        clock::{Clock, ManualClock},
+        ids::{Subject, TokenKey},
+        vend::{Vendor, VendorConfig},
+    };
+    use wiremock::{Mock, MockServer, Request, ResponseTemplate, matchers::method};
+
+    let provider = MockServer::start().await;
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    Mock::given(method("POST"))
+        .respond_with(move |_: &Request| {
+            let i = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            ResponseTemplate::new(200).set_body_json(
+                serde_json::json!({"access_token": format!("t{i}"), "expires_in": 100}),
+            )
+        })
+        .mount(&provider)
+        .await;
+    let clock = ManualClock::new(datetime!(2030-01-01 0:00 UTC));
+    let ring = KeyRing::parse(&KeyRing::generate_entry("k1")).unwrap();
+    let deps = Deps {
+        store: s.clone(),
+        envelope: Arc::new(Envelope::new(ring, s.clone())),
+        cache: Arc::new(TokenCache::new()),
+        client: TokenClient::new(tokenvend_core::oauth::TokenClientConfig {
+            allow_insecure: true,
+            ..Default::default()
+        })
+        .unwrap(),
+        clock: Arc::new(clock.clone()),
+        notifier: Notifier::new(s.clone(), "test"),
+    };
+    let policy = EndpointPolicy {
+        allow_insecure: true,
+    };
+    let grants = Arc::new(Grants::new(
+        deps.clone(),
+        GrantsConfig {
+            public_url: None,
+            authorization_ttl: std::time::Duration::from_secs(600),
+            policy,
+        },
+    ));
+    let admin = Admin::new(deps.clone(), policy, grants);
+    admin
+        .create_tenant(TenantId::parse("acme").unwrap(), String::new())
+        .await
+        .unwrap();
+    for p in ["used", "idle"] {
+        let mut put = put("s");
+        put.key.provider = ProviderId::parse(p).unwrap();
+        put.settings.token_url = format!("{}/{p}", provider.uri());
+        admin.put_connection(put).await.unwrap();
+    }
+    let vendor = Arc::new(Vendor::new(
+        deps,
+        VendorConfig {
+            default_min_ttl: std::time::Duration::from_secs(10),
+            policy,
+            ..Default::default()
+        },
+    ));
+    let key = |p: &str| TokenKey {
+        tenant: TenantId::parse("acme").unwrap(),
+        provider: ProviderId::parse(p).unwrap(),
+        subject: Subject::client(),
+    };
+    vendor.get_token(key("used"), None, None).await.unwrap();
+    vendor.get_token(key("idle"), None, None).await.unwrap();
+
+    // Five lifetimes in 10 s steps; the refresher runs each step, a caller asks each step.
+    for _ in 0..50 {
+        clock.advance(Duration::seconds(10));
+        for renewal in vendor.refresh_due(8) {
+            renewal.await.unwrap();
+        }
+        let t = vendor
+            .get_token(key("used"), None, None)
+            .now_or_never()
+            .expect("a caller in steady state never waits for the provider")
+            .unwrap();
+        assert!(t.valid_for(clock.now(), std::time::Duration::from_secs(10)));
+    }
+    let count = |p: &'static str| {
+        let provider = &provider;
+        async move {
+            provider
+                .received_requests()
+                .await
+                .unwrap()
+                .iter()
+                .filter(|r| r.url.path() == format!("/{p}"))
+                .count()
+        }
+    };
+    // Renewed at 75-80 % of each 100 s lifetime: 1 + 500 / 80 or so.
+    let used = count("used").await;
+    assert!((6..=8).contains(&used), "used key fetched {used} times");
+    assert_eq!(count("idle").await, 1, "an idle key is left to expire");
 }
