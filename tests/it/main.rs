@@ -7,6 +7,7 @@ mod support;
 
 mod authcode;
 mod errors;
+mod fleet;
 mod grants;
 mod lifecycle;
 mod providers;

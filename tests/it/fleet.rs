@@ -1,0 +1,543 @@
+//! Several replicas on one PostgreSQL: one provider request per refresh fleet-wide, refresh
+//! tokens never presented twice, a replica killed mid-refresh, and database outages.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use futures::future::join_all;
+use serde_json::{Value, json};
+use tokenvend_testkit::postgres::PgCluster;
+use tonic::Code;
+use wiremock::{
+    Mock, MockServer, Request, ResponseTemplate,
+    matchers::{body_string_contains, method, path},
+};
+
+use crate::support::{CallOpts, Client, Opts, Server, get_token_req, reason};
+
+async fn replicas(n: usize, url: &str, env: Vec<(&'static str, String)>) -> Vec<Server> {
+    let mut servers = Vec::new();
+    for _ in 0..n {
+        let mut env = env.clone();
+        env.push((
+            "TOKENVEND_PUBLIC_URL",
+            "https://tokenvend.example.com".into(),
+        ));
+        servers.push(
+            Server::start(Opts {
+                database_url: Some(url.to_owned()),
+                env,
+                ..Default::default()
+            })
+            .await
+            .unwrap(),
+        );
+    }
+    servers
+}
+
+async fn clients(servers: &[Server], per_server: usize) -> Vec<Client> {
+    let mut out = Vec::new();
+    for s in servers {
+        for _ in 0..per_server {
+            out.push(s.client().await);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_one_provider_request_for_a_cold_key() {
+    let provider = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"access_token": "fleet-token", "expires_in": 3600}))
+                .set_delay(Duration::from_millis(500)),
+        )
+        .expect(1)
+        .mount(&provider)
+        .await;
+    let url = PgCluster::shared().fresh_database();
+    let servers = replicas(3, &url, vec![]).await;
+    let admin = servers[0].client().await;
+    crate::support::setup_connection(
+        &admin,
+        "acme",
+        "p",
+        &format!("{}/token", provider.uri()),
+        "s",
+        json!({}),
+    )
+    .await;
+    let clients = clients(&servers, 3).await;
+    let calls = (0..1000).map(|i| {
+        let c = clients[i % clients.len()].clone();
+        async move {
+            c.call("TokenService/GetToken", get_token_req("acme", "p"))
+                .await
+        }
+    });
+    for r in join_all(calls).await {
+        assert_eq!(r.expect("GetToken")["access_token"], "fleet-token");
+    }
+    assert_eq!(provider.received_requests().await.unwrap().len(), 1);
+}
+
+/// A provider with an authorization-code exchange (`at-0`/`rt-0`) and a refresh endpoint
+/// answering `refresh(n)` for the n-th refresh.
+async fn grant_provider(
+    refresh: impl Fn(usize) -> ResponseTemplate + Send + Sync + 'static,
+) -> MockServer {
+    let mock = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .and(body_string_contains("grant_type=authorization_code"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "access_token": "at-0", "expires_in": 3600, "refresh_token": "rt-0"
+        })))
+        .mount(&mock)
+        .await;
+    let n = AtomicUsize::new(0);
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .and(body_string_contains("grant_type=refresh_token"))
+        .respond_with(move |_: &Request| refresh(n.fetch_add(1, Ordering::SeqCst) + 1))
+        .mount(&mock)
+        .await;
+    mock
+}
+
+async fn authorized(c: &Client, mock: &MockServer, subject: &str) {
+    c.call("AdminService/CreateTenant", json!({"tenant": "acme"}))
+        .await
+        .unwrap();
+    c.call(
+        "AdminService/PutConnection",
+        json!({"tenant": "acme", "provider": "p", "token_url": format!("{}/token", mock.uri()),
+               "authorize_url": "https://login.example.com/authorize",
+               "client_id": "id", "client_secret": "secret", "client_auth": "CLIENT_AUTH_POST"}),
+    )
+    .await
+    .unwrap();
+    let started = c
+        .call(
+            "AdminService/StartAuthorization",
+            json!({"tenant": "acme", "provider": "p", "subject": subject}),
+        )
+        .await
+        .unwrap();
+    c.call(
+        "AdminService/CompleteAuthorization",
+        json!({"state": started["state"], "code": "c"}),
+    )
+    .await
+    .unwrap();
+}
+
+fn user(subject: &str) -> Value {
+    json!({"tenant": "acme", "provider": "p", "subject": subject})
+}
+
+async fn refreshes(mock: &MockServer) -> Vec<String> {
+    mock.received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|r| {
+            let f: std::collections::HashMap<String, String> =
+                url::form_urlencoded::parse(&r.body).into_owned().collect();
+            (f.get("grant_type").map(String::as_str) == Some("refresh_token"))
+                .then(|| f["refresh_token"].clone())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refresh_stampede_across_replicas_presents_the_refresh_token_once() {
+    let mock = grant_provider(|n| {
+        ResponseTemplate::new(200)
+            .set_body_json(json!({"access_token": format!("at-{n}"), "expires_in": 3600, "refresh_token": format!("rt-{n}")}))
+            .set_delay(Duration::from_millis(300))
+    })
+    .await;
+    let url = PgCluster::shared().fresh_database();
+    let servers = replicas(
+        3,
+        &url,
+        vec![("TOKENVEND_INVALIDATE_MIN_INTERVAL", "0s".into())],
+    )
+    .await;
+    let admin = servers[0].client().await;
+    authorized(&admin, &mock, "alice").await;
+    let clients = clients(&servers, 2).await;
+    for round in 1..=2 {
+        let dead = if round == 1 {
+            "at-0".to_owned()
+        } else {
+            format!("at-{}", round - 1)
+        };
+        let inv = clients[round]
+            .call("TokenService/InvalidateToken", json!({"tenant": "acme", "provider": "p", "subject": "alice", "access_token": dead}))
+            .await
+            .unwrap();
+        assert_eq!(inv["invalidated"], true);
+        let calls = (0..300).map(|i| {
+            let c = clients[i % clients.len()].clone();
+            async move { c.call("TokenService/GetToken", user("alice")).await }
+        });
+        for r in join_all(calls).await {
+            assert_eq!(r.expect("GetToken")["access_token"], format!("at-{round}"));
+        }
+    }
+    // Each refresh token was presented exactly once: rt-0, then the rotated rt-1.
+    assert_eq!(refreshes(&mock).await, ["rt-0", "rt-1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_holder_killed_mid_refresh_loses_nothing() {
+    // The provider consumes the refresh token on the first request and holds its answer;
+    // the refresh token is then spent, so presenting it again is invalid_grant.
+    let mock = grant_provider(|n| {
+        if n == 1 {
+            ResponseTemplate::new(200)
+                .set_body_json(
+                    json!({"access_token": "at-1", "expires_in": 3600, "refresh_token": "rt-1"}),
+                )
+                .set_delay(Duration::from_secs(60))
+        } else {
+            ResponseTemplate::new(400).set_body_json(json!({"error": "invalid_grant"}))
+        }
+    })
+    .await;
+    let url = PgCluster::shared().fresh_database();
+    let lease_ttl = Duration::from_secs(6);
+    let env = vec![
+        ("TOKENVEND_PROVIDER_TIMEOUT", "1s".into()),
+        ("TOKENVEND_LEASE_TTL", "6s".into()),
+        ("TOKENVEND_INVALIDATE_MIN_INTERVAL", "0s".into()),
+    ];
+    let mut servers = replicas(2, &url, env).await;
+    let a = servers[0].client().await;
+    let b = servers[1].client().await;
+    authorized(&a, &mock, "alice").await;
+    a.call(
+        "TokenService/InvalidateToken",
+        json!({"tenant": "acme", "provider": "p", "subject": "alice", "access_token": "at-0"}),
+    )
+    .await
+    .unwrap();
+
+    // Replica A takes the lease and sends the refresh; the provider holds it.
+    let held = {
+        let a = a.clone();
+        tokio::spawn(async move { a.call("TokenService/GetToken", user("alice")).await })
+    };
+    for _ in 0..200 {
+        if !refreshes(&mock).await.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        refreshes(&mock).await,
+        ["rt-0"],
+        "A's refresh reached the provider"
+    );
+    // kill -9 A while the provider holds the answer.
+    servers[0].proc.signal(libc::SIGKILL);
+    servers[0]
+        .proc
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let _ = held.await;
+
+    // Replica B answers within one lease TTL plus a round trip: A's refresh token may
+    // have been consumed, so B tries it once, gets invalid_grant, and flags the grant.
+    let err = b
+        .call_opts(
+            "TokenService/GetToken",
+            user("alice"),
+            CallOpts {
+                timeout: Some(lease_ttl + Duration::from_secs(5)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err).as_deref()),
+        (Code::FailedPrecondition, Some("REAUTHORIZATION_REQUIRED")),
+        "{err:?}"
+    );
+    assert!(
+        servers[1].output().contains("never finished"),
+        "B knew the earlier attempt was unfinished"
+    );
+    // Never retried: asking again answers from the grant's status, not the provider.
+    let err = b
+        .call("TokenService/GetToken", user("alice"))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err).as_deref(), Some("REAUTHORIZATION_REQUIRED"));
+    assert_eq!(
+        refreshes(&mock).await,
+        ["rt-0", "rt-0"],
+        "presented once by A, once by B, never again"
+    );
+    drop(servers.remove(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_outages_serve_valid_tokens_never_expired_ones() {
+    let mock = MockServer::start().await;
+    // One short-lived token, then the provider fails: 500, refused and hanging variants.
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"access_token": "short", "expires_in": 4})),
+        )
+        .up_to_n_times(1)
+        .mount(&mock)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&mock)
+        .await;
+    let server = Server::start(Opts {
+        env: vec![
+            ("TOKENVEND_PROVIDER_TIMEOUT", "1s".into()),
+            ("TOKENVEND_LEASE_TTL", "6s".into()),
+        ],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let c = server.client().await;
+    crate::support::setup_connection(
+        &c,
+        "acme",
+        "p",
+        &format!("{}/token", mock.uri()),
+        "s",
+        json!({}),
+    )
+    .await;
+    let req = json!({"tenant": "acme", "provider": "p", "min_ttl_seconds": 1});
+    let mut served_while_down = 0;
+    let err = loop {
+        match c.call("TokenService/GetToken", req.clone()).await {
+            Ok(t) => {
+                // Whatever happens at the provider, a served token is never expired.
+                let exp = time::OffsetDateTime::parse(
+                    t["expires_at"].as_str().unwrap(),
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .unwrap();
+                assert!(
+                    exp > time::OffsetDateTime::now_utc(),
+                    "served an expired token"
+                );
+                if mock.received_requests().await.unwrap().len() > 1 {
+                    served_while_down += 1;
+                }
+            }
+            Err(e) => break e,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        served_while_down > 0,
+        "the still-valid token was served while the provider failed"
+    );
+}
+
+#[tokio::test]
+async fn definitive_errors_and_dead_providers_are_not_hammered() {
+    let mock = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/bad-secret"))
+        .respond_with(ResponseTemplate::new(401).set_body_json(json!({"error": "invalid_client"})))
+        .mount(&mock)
+        .await;
+    let down = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&down)
+        .await;
+    let server = Server::start(Opts::default()).await.unwrap();
+    let c = server.client().await;
+    crate::support::setup_connection(
+        &c,
+        "acme",
+        "bad",
+        &format!("{}/bad-secret", mock.uri()),
+        "wrong",
+        json!({}),
+    )
+    .await;
+    crate::support::setup_connection(
+        &c,
+        "acme",
+        "down",
+        &format!("{}/token", down.uri()),
+        "s",
+        json!({}),
+    )
+    .await;
+
+    // A hundred callers with a bad secret: one request; the rest get the remembered answer.
+    let calls = (0..100).map(|_| c.call("TokenService/GetToken", get_token_req("acme", "bad")));
+    for r in join_all(calls).await {
+        let e = r.unwrap_err();
+        assert_eq!(
+            (e.code(), reason(&e).as_deref()),
+            (Code::FailedPrecondition, Some("INVALID_CLIENT"))
+        );
+    }
+    for _ in 0..10 {
+        c.call("TokenService/GetToken", get_token_req("acme", "bad"))
+            .await
+            .unwrap_err();
+    }
+    assert_eq!(mock.received_requests().await.unwrap().len(), 1);
+    // Fixing the connection forgets the remembered error at once.
+    crate::support::setup_connection(
+        &c,
+        "acme",
+        "bad",
+        &format!("{}/bad-secret", mock.uri()),
+        "still-wrong",
+        json!({}),
+    )
+    .await;
+    c.call("TokenService/GetToken", get_token_req("acme", "bad"))
+        .await
+        .unwrap_err();
+    assert_eq!(mock.received_requests().await.unwrap().len(), 2);
+
+    // A provider answering 503: each fetch tries 3 times; after 5 failed fetches the
+    // circuit opens and calls fail fast without reaching it.
+    for _ in 0..5 {
+        let e = c
+            .call("TokenService/GetToken", get_token_req("acme", "down"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unavailable);
+    }
+    assert_eq!(down.received_requests().await.unwrap().len(), 15);
+    let e = c
+        .call("TokenService/GetToken", get_token_req("acme", "down"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+    assert!(e.message().contains("consecutive"), "{}", e.message());
+    assert!(crate::support::retry_info(&e).is_some());
+    assert_eq!(down.received_requests().await.unwrap().len(), 15);
+}
+
+async fn health(c: &Client, service: &str) -> String {
+    c.call("grpc.health.v1.Health/Check", json!({"service": service}))
+        .await
+        .unwrap()["status"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Polls the health service (the server's own watcher runs every second) until `service`
+/// reports `want`; bounded.
+async fn await_health(c: &Client, service: &str, want: &str) {
+    for _ in 0..100 {
+        if health(c, service).await == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{service} never became {want}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_keeps_cached_tokens_flowing() {
+    let provider = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"access_token": "cached", "expires_in": 3600})),
+        )
+        .mount(&provider)
+        .await;
+    let pg = Arc::new(PgCluster::start().unwrap());
+    let url = pg.fresh_database();
+    let server = Server::start(Opts {
+        database_url: Some(url),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let c = server.client().await;
+    crate::support::setup_connection(
+        &c,
+        "acme",
+        "p",
+        &format!("{}/token", provider.uri()),
+        "s",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        c.call("TokenService/GetToken", get_token_req("acme", "p"))
+            .await
+            .unwrap()["access_token"],
+        "cached"
+    );
+
+    pg.stop().unwrap();
+    await_health(&c, "tokenvend.v1.AdminService", "NOT_SERVING").await;
+    assert_eq!(health(&c, "").await, "SERVING");
+    assert_eq!(health(&c, "tokenvend.v1.TokenService").await, "SERVING");
+    // Cache hits keep being served; administration says the store is unavailable.
+    for _ in 0..20 {
+        assert_eq!(
+            c.call("TokenService/GetToken", get_token_req("acme", "p"))
+                .await
+                .unwrap()["access_token"],
+            "cached"
+        );
+    }
+    let e = c
+        .call("AdminService/ListTenants", json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_deref()),
+        (Code::Unavailable, Some("STORAGE_UNAVAILABLE"))
+    );
+    let ready = reqwest::get(format!("{}/readyz", server.http))
+        .await
+        .unwrap();
+    assert_eq!(
+        ready.status(),
+        200,
+        "readiness must not take the replica out"
+    );
+
+    pg.start_server().unwrap();
+    await_health(&c, "tokenvend.v1.AdminService", "SERVING").await;
+    let tenants = c.call("AdminService/ListTenants", json!({})).await.unwrap();
+    assert_eq!(tenants["tenants"][0]["tenant"], "acme");
+    assert_eq!(
+        c.call("TokenService/GetToken", get_token_req("acme", "p"))
+            .await
+            .unwrap()["access_token"],
+        "cached"
+    );
+    assert_eq!(provider.received_requests().await.unwrap().len(), 1);
+}
