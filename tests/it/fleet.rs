@@ -341,7 +341,7 @@ async fn provider_outages_serve_valid_tokens_never_expired_ones() {
                 )
                 .unwrap();
                 assert!(
-                    exp > time::OffsetDateTime::now_utc(),
+                    exp > tokenvend_core::clock::Clock::now(&tokenvend_core::clock::SystemClock),
                     "served an expired token"
                 );
                 if mock.received_requests().await.unwrap().len() > 1 {
