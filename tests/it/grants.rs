@@ -415,3 +415,42 @@ async fn invalidation_triggered_refreshes_are_limited_per_key() {
     );
     assert_eq!(mock.received_requests().await.unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn an_expired_authorization_cannot_be_completed() {
+    let mock = provider(|_| ResponseTemplate::new(500)).await;
+    let (_s, c) = setup(
+        &mock,
+        None,
+        vec![("TOKENVEND_AUTHORIZATION_TTL", "0s".into())],
+    )
+    .await;
+    let started = c
+        .call(
+            "AdminService/StartAuthorization",
+            json!({"tenant": "acme", "provider": "p", "subject": "late"}),
+        )
+        .await
+        .unwrap();
+    let err = c
+        .call(
+            "AdminService/CompleteAuthorization",
+            json!({"state": started["state"], "code": "the-code"}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("expired"), "{}", err.message());
+    assert!(
+        requests(&mock, "authorization_code").await.is_empty(),
+        "no exchange attempted"
+    );
+    let err = c
+        .call(
+            "AdminService/GetGrant",
+            json!({"tenant": "acme", "provider": "p", "subject": "late"}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+}

@@ -273,3 +273,66 @@ async fn postgres_backend_shares_tokens_between_processes() {
     assert_eq!(names, ["acme", "t1", "t2", "t3"]);
     assert_eq!(p2["next_page_token"], "");
 }
+
+#[tokio::test]
+async fn migrate_command_and_json_logs() {
+    // `tokenvend migrate` brings a database up to date and exits.
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/m.db", dir.path().display());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokenvend"))
+        .args(["migrate", "--database-url", &url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("m.db").exists());
+    // PostgreSQL without a master key is refused: secrets must not get a development key.
+    let pg = PgCluster::shared().fresh_database();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokenvend"))
+        .arg("serve")
+        .env_clear()
+        .env("TOKENVEND_DATABASE_URL", &pg)
+        .env("TOKENVEND_GRPC_ADDR", "127.0.0.1:0")
+        .env("TOKENVEND_HTTP_ADDR", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("TOKENVEND_MASTER_KEYS is required"));
+
+    // JSON logs: one object per line, with the span's fields.
+    let (provider, _) = numbered_provider().await;
+    let server = Server::start(Opts {
+        env: vec![("TOKENVEND_LOG_FORMAT", "json".into())],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let c = server.client().await;
+    setup_connection(
+        &c,
+        "acme",
+        "p",
+        &format!("{}/token", provider.uri()),
+        SECRET,
+        json!({}),
+    )
+    .await;
+    c.call("TokenService/GetToken", get_token_req("acme", "p"))
+        .await
+        .unwrap();
+    let out = server.output();
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let fetched = lines
+        .iter()
+        .find(|l| l["message"] == "fetched a token from the provider")
+        .expect("the fetch is logged");
+    assert_eq!(fetched["span"]["tenant"], "acme");
+    assert_eq!(fetched["span"]["provider"], "p");
+    assert!(!out.contains(SECRET));
+}

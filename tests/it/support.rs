@@ -74,11 +74,18 @@ impl Server {
         let line = proc
             .wait_for_output("tokenvend listening", Duration::from_secs(60))
             .await?;
+        // Human format: `grpc=ADDR http=ADDR`; JSON format: fields of the object.
+        let json: Option<Value> = serde_json::from_str(&line).ok();
         let field = |name: &str| -> Result<String> {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(&format!("{name}=")))
-                .map(|a| format!("http://{a}"))
-                .with_context(|| format!("no {name}= in {line:?}"))
+            let addr = match &json {
+                Some(v) => v[name].as_str().map(str::to_owned),
+                None => line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                    .map(str::to_owned),
+            };
+            addr.map(|a| format!("http://{a}"))
+                .with_context(|| format!("no {name} address in {line:?}"))
         };
         Ok(Server {
             grpc: field("grpc")?,

@@ -1,5 +1,7 @@
 //! SQLite: the embedded default, for one process. Timestamps are stored as Unix
-//! microseconds so SQL compares them numerically. A lock file next to the database keeps a
+//! microseconds so SQL compares them numerically. Write transactions start with
+//! `BEGIN IMMEDIATE`: a deferred transaction that reads and then writes can fail with
+//! SQLITE_BUSY when another connection wrote in between, and busy_timeout does not help. A lock file next to the database keeps a
 //! second process out (two writers would each keep their own cache and refresh on their own).
 
 use std::{fs::File, path::PathBuf, str::FromStr, sync::Arc, time::Duration};
@@ -519,7 +521,11 @@ impl Store for SqliteStore {
         replace: bool,
         token: Option<&TokenRecord>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err)?;
         let done = if replace {
             sqlx::query(
                 "UPDATE grants SET refresh_token = ?2, scopes = ?3, status = ?4, updated_at = ?5 \
@@ -572,7 +578,11 @@ impl Store for SqliteStore {
         refresh_token: Option<&[u8]>,
         token: &TokenRecord,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err)?;
         let done = sqlx::query(
             "UPDATE grants SET refresh_token = COALESCE(?2, refresh_token), updated_at = ?3 WHERE id = ?1",
         )
@@ -609,7 +619,11 @@ impl Store for SqliteStore {
     }
 
     async fn delete_grant(&self, connection_id: Uuid, subject: &str) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err)?;
         sqlx::query("DELETE FROM tokens WHERE connection_id = ?1 AND subject = ?2")
             .bind(connection_id)
             .bind(subject)
@@ -687,8 +701,11 @@ impl Store for SqliteStore {
         generation: i64,
         end: LeaseEnd<'_>,
     ) -> Result<LeaseWrite, StoreError> {
-        // BEGIN IMMEDIATE semantics: the first write below takes the lock; one process anyway.
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err)?;
         let Some(row) = sqlx::query(
             "SELECT generation, refresh_attempt_gen FROM refresh_leases \
              WHERE connection_id = ?1 AND subject = ?2",
