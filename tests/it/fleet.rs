@@ -1,24 +1,21 @@
 //! Several replicas on one PostgreSQL: one provider request per refresh fleet-wide, refresh
 //! tokens never presented twice, a replica killed mid-refresh, and database outages.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use futures::future::join_all;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokenvend_testkit::postgres::PgCluster;
 use tonic::Code;
 use wiremock::{
-    Mock, MockServer, Request, ResponseTemplate,
-    matchers::{body_string_contains, method, path},
+    Mock, MockServer, ResponseTemplate,
+    matchers::{method, path},
 };
 
-use crate::support::{CallOpts, Client, Opts, Server, get_token_req, reason};
+use crate::support::{
+    CallOpts, Client, Opts, Server, authorize, get_token_req, grant_connection, grant_provider,
+    reason, refresh_tokens_presented, user,
+};
 
 async fn replicas(n: usize, url: &str, env: Vec<(&'static str, String)>) -> Vec<Server> {
     let mut servers = Vec::new();
@@ -89,73 +86,9 @@ async fn three_replicas_one_provider_request_for_a_cold_key() {
     assert_eq!(provider.received_requests().await.unwrap().len(), 1);
 }
 
-/// A provider with an authorization-code exchange (`at-0`/`rt-0`) and a refresh endpoint
-/// answering `refresh(n)` for the n-th refresh.
-async fn grant_provider(
-    refresh: impl Fn(usize) -> ResponseTemplate + Send + Sync + 'static,
-) -> MockServer {
-    let mock = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/token"))
-        .and(body_string_contains("grant_type=authorization_code"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "access_token": "at-0", "expires_in": 3600, "refresh_token": "rt-0"
-        })))
-        .mount(&mock)
-        .await;
-    let n = AtomicUsize::new(0);
-    Mock::given(method("POST"))
-        .and(path("/token"))
-        .and(body_string_contains("grant_type=refresh_token"))
-        .respond_with(move |_: &Request| refresh(n.fetch_add(1, Ordering::SeqCst) + 1))
-        .mount(&mock)
-        .await;
-    mock
-}
-
 async fn authorized(c: &Client, mock: &MockServer, subject: &str) {
-    c.call("AdminService/CreateTenant", json!({"tenant": "acme"}))
-        .await
-        .unwrap();
-    c.call(
-        "AdminService/PutConnection",
-        json!({"tenant": "acme", "provider": "p", "token_url": format!("{}/token", mock.uri()),
-               "authorize_url": "https://login.example.com/authorize",
-               "client_id": "id", "client_secret": "secret", "client_auth": "CLIENT_AUTH_POST"}),
-    )
-    .await
-    .unwrap();
-    let started = c
-        .call(
-            "AdminService/StartAuthorization",
-            json!({"tenant": "acme", "provider": "p", "subject": subject}),
-        )
-        .await
-        .unwrap();
-    c.call(
-        "AdminService/CompleteAuthorization",
-        json!({"state": started["state"], "code": "c"}),
-    )
-    .await
-    .unwrap();
-}
-
-fn user(subject: &str) -> Value {
-    json!({"tenant": "acme", "provider": "p", "subject": subject})
-}
-
-async fn refreshes(mock: &MockServer) -> Vec<String> {
-    mock.received_requests()
-        .await
-        .unwrap()
-        .iter()
-        .filter_map(|r| {
-            let f: std::collections::HashMap<String, String> =
-                url::form_urlencoded::parse(&r.body).into_owned().collect();
-            (f.get("grant_type").map(String::as_str) == Some("refresh_token"))
-                .then(|| f["refresh_token"].clone())
-        })
-        .collect()
+    grant_connection(c, mock, None).await;
+    authorize(c, subject).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -196,7 +129,7 @@ async fn refresh_stampede_across_replicas_presents_the_refresh_token_once() {
         }
     }
     // Each refresh token was presented exactly once: rt-0, then the rotated rt-1.
-    assert_eq!(refreshes(&mock).await, ["rt-0", "rt-1"]);
+    assert_eq!(refresh_tokens_presented(&mock).await, ["rt-0", "rt-1"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,13 +172,13 @@ async fn a_lease_holder_killed_mid_refresh_loses_nothing() {
         tokio::spawn(async move { a.call("TokenService/GetToken", user("alice")).await })
     };
     for _ in 0..200 {
-        if !refreshes(&mock).await.is_empty() {
+        if !refresh_tokens_presented(&mock).await.is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert_eq!(
-        refreshes(&mock).await,
+        refresh_tokens_presented(&mock).await,
         ["rt-0"],
         "A's refresh reached the provider"
     );
@@ -287,7 +220,7 @@ async fn a_lease_holder_killed_mid_refresh_loses_nothing() {
         .unwrap_err();
     assert_eq!(reason(&err).as_deref(), Some("REAUTHORIZATION_REQUIRED"));
     assert_eq!(
-        refreshes(&mock).await,
+        refresh_tokens_presented(&mock).await,
         ["rt-0", "rt-0"],
         "presented once by A, once by B, never again"
     );

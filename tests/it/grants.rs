@@ -11,47 +11,13 @@ use serde_json::{Value, json};
 use tonic::Code;
 use wiremock::{
     Mock, MockServer, Request, ResponseTemplate,
-    matchers::{body_string_contains, method, path},
+    matchers::{method, path},
 };
 
-use crate::support::{Client, Opts, Server, get_token_req, reason, retry_info};
-
-fn form(r: &Request) -> std::collections::BTreeMap<String, String> {
-    url::form_urlencoded::parse(&r.body).into_owned().collect()
-}
-
-async fn requests(mock: &MockServer, grant: &str) -> Vec<Request> {
-    mock.received_requests()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|r| form(r).get("grant_type").map(String::as_str) == Some(grant))
-        .collect()
-}
-
-/// A provider whose code exchange answers `at-0`/`rt-0`, and whose refreshes answer what
-/// `refresh` says for the n-th refresh.
-async fn provider(
-    refresh: impl Fn(usize) -> ResponseTemplate + Send + Sync + 'static,
-) -> MockServer {
-    let mock = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/token"))
-        .and(body_string_contains("grant_type=authorization_code"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
-            "access_token": "at-0", "expires_in": 3600, "token_type": "Bearer", "refresh_token": "rt-0"
-        })))
-        .mount(&mock)
-        .await;
-    let n = AtomicUsize::new(0);
-    Mock::given(method("POST"))
-        .and(path("/token"))
-        .and(body_string_contains("grant_type=refresh_token"))
-        .respond_with(move |_: &Request| refresh(n.fetch_add(1, Ordering::SeqCst) + 1))
-        .mount(&mock)
-        .await;
-    mock
-}
+use crate::support::{
+    Client, Opts, Server, authorize, form, get_token_req, grant_connection, grant_provider, reason,
+    requests_with_grant, retry_info, user,
+};
 
 async fn setup(
     mock: &MockServer,
@@ -70,37 +36,8 @@ async fn setup(
     .await
     .unwrap();
     let c = server.client().await;
-    c.call("AdminService/CreateTenant", json!({"tenant": "acme"}))
-        .await
-        .unwrap();
-    let mut req = json!({"tenant": "acme", "provider": "p", "token_url": format!("{}/token", mock.uri()),
-                         "authorize_url": "https://login.example.com/authorize",
-                         "client_id": "id", "client_secret": "secret", "client_auth": "CLIENT_AUTH_POST"});
-    if let Some(r) = revocation {
-        req["revocation_url"] = json!(format!("{}{r}", mock.uri()));
-    }
-    c.call("AdminService/PutConnection", req).await.unwrap();
+    grant_connection(&c, mock, revocation).await;
     (server, c)
-}
-
-async fn authorize(c: &Client, subject: &str) -> Value {
-    let started = c
-        .call(
-            "AdminService/StartAuthorization",
-            json!({"tenant": "acme", "provider": "p", "subject": subject}),
-        )
-        .await
-        .unwrap();
-    c.call(
-        "AdminService/CompleteAuthorization",
-        json!({"state": started["state"], "code": "the-code"}),
-    )
-    .await
-    .unwrap()
-}
-
-fn user(subject: &str) -> Value {
-    json!({"tenant": "acme", "provider": "p", "subject": subject})
 }
 
 async fn report(c: &Client, subject: &str, token: &str) -> Result<Value, tonic::Status> {
@@ -113,9 +50,10 @@ async fn report(c: &Client, subject: &str, token: &str) -> Result<Value, tonic::
 
 #[tokio::test]
 async fn refused_refresh_needs_reauthorization_and_is_not_retried() {
-    let mock =
-        provider(|_| ResponseTemplate::new(400).set_body_json(json!({"error": "invalid_grant"})))
-            .await;
+    let mock = grant_provider(|_| {
+        ResponseTemplate::new(400).set_body_json(json!({"error": "invalid_grant"}))
+    })
+    .await;
     let (_s, c) = setup(
         &mock,
         None,
@@ -140,7 +78,7 @@ async fn refused_refresh_needs_reauthorization_and_is_not_retried() {
         );
     }
     assert_eq!(
-        requests(&mock, "refresh_token").await.len(),
+        requests_with_grant(&mock, "refresh_token").await.len(),
         1,
         "never looped"
     );
@@ -165,7 +103,7 @@ async fn refused_refresh_needs_reauthorization_and_is_not_retried() {
 
 #[tokio::test]
 async fn refresh_without_rotation_keeps_the_refresh_token() {
-    let mock = provider(|n| {
+    let mock = grant_provider(|n| {
         ResponseTemplate::new(200)
             .set_body_json(json!({"access_token": format!("at-{n}"), "expires_in": 3600}))
     })
@@ -189,14 +127,14 @@ async fn refresh_without_rotation_keeps_the_refresh_token() {
             .to_owned();
         assert_eq!(current, format!("at-{n}"));
     }
-    for r in requests(&mock, "refresh_token").await {
+    for r in requests_with_grant(&mock, "refresh_token").await {
         assert_eq!(form(&r)["refresh_token"], "rt-0");
     }
 }
 
 #[tokio::test]
 async fn a_refresh_with_unknown_outcome_is_not_sent_again() {
-    let mock = provider(|_| ResponseTemplate::new(500)).await;
+    let mock = grant_provider(|_| ResponseTemplate::new(500)).await;
     let (_s, c) = setup(
         &mock,
         None,
@@ -212,7 +150,7 @@ async fn a_refresh_with_unknown_outcome_is_not_sent_again() {
     assert_eq!(err.code(), Code::Unavailable);
     assert!(retry_info(&err).is_some());
     // Client credentials would have been tried 3 times; a refresh token only once.
-    assert_eq!(requests(&mock, "refresh_token").await.len(), 1);
+    assert_eq!(requests_with_grant(&mock, "refresh_token").await.len(), 1);
     // The grant is still active: a 500 says nothing about the refresh token.
     let g = c
         .call(
@@ -226,7 +164,7 @@ async fn a_refresh_with_unknown_outcome_is_not_sent_again() {
 
 #[tokio::test]
 async fn revocation_failures_delete_nothing_unless_forced() {
-    let mock = provider(|_| ResponseTemplate::new(500)).await;
+    let mock = grant_provider(|_| ResponseTemplate::new(500)).await;
     let revocations = Arc::new(AtomicUsize::new(0));
     let count = revocations.clone();
     // The revocation endpoint is down for its first 2 calls, then works.
@@ -317,7 +255,7 @@ async fn revocation_failures_delete_nothing_unless_forced() {
 
 #[tokio::test]
 async fn delete_connection_keeps_everything_when_revocation_fails() {
-    let mock = provider(|_| ResponseTemplate::new(500)).await;
+    let mock = grant_provider(|_| ResponseTemplate::new(500)).await;
     Mock::given(method("POST"))
         .and(path("/revoke"))
         .respond_with(ResponseTemplate::new(503))
@@ -418,7 +356,7 @@ async fn invalidation_triggered_refreshes_are_limited_per_key() {
 
 #[tokio::test]
 async fn an_expired_authorization_cannot_be_completed() {
-    let mock = provider(|_| ResponseTemplate::new(500)).await;
+    let mock = grant_provider(|_| ResponseTemplate::new(500)).await;
     let (_s, c) = setup(
         &mock,
         None,
@@ -442,7 +380,9 @@ async fn an_expired_authorization_cannot_be_completed() {
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("expired"), "{}", err.message());
     assert!(
-        requests(&mock, "authorization_code").await.is_empty(),
+        requests_with_grant(&mock, "authorization_code")
+            .await
+            .is_empty(),
         "no exchange attempted"
     );
     let err = c

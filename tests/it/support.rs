@@ -372,3 +372,100 @@ pub async fn setup_connection(
 pub fn get_token_req(tenant: &str, provider: &str) -> Value {
     serde_json::json!({"tenant": tenant, "provider": provider})
 }
+
+/// The form fields of a request a mock provider received.
+pub fn form(r: &wiremock::Request) -> std::collections::BTreeMap<String, String> {
+    url::form_urlencoded::parse(&r.body).into_owned().collect()
+}
+
+/// Requests of one grant type the mock provider received, in order.
+pub async fn requests_with_grant(
+    mock: &wiremock::MockServer,
+    grant: &str,
+) -> Vec<wiremock::Request> {
+    mock.received_requests()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| form(r).get("grant_type").map(String::as_str) == Some(grant))
+        .collect()
+}
+
+/// The refresh tokens presented to the mock provider, in order.
+pub async fn refresh_tokens_presented(mock: &wiremock::MockServer) -> Vec<String> {
+    requests_with_grant(mock, "refresh_token")
+        .await
+        .iter()
+        .map(|r| form(r)["refresh_token"].clone())
+        .collect()
+}
+
+/// A provider whose code exchange answers `at-0` / `rt-0` and whose n-th refresh answers
+/// `refresh(n)`, at `/token`.
+pub async fn grant_provider(
+    refresh: impl Fn(usize) -> wiremock::ResponseTemplate + Send + Sync + 'static,
+) -> wiremock::MockServer {
+    use wiremock::{
+        Mock, ResponseTemplate,
+        matchers::{body_string_contains, method, path},
+    };
+    let mock = wiremock::MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .and(body_string_contains("grant_type=authorization_code"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "access_token": "at-0", "expires_in": 3600, "token_type": "Bearer", "refresh_token": "rt-0"
+        })))
+        .mount(&mock)
+        .await;
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .and(body_string_contains("grant_type=refresh_token"))
+        .respond_with(move |_: &wiremock::Request| {
+            refresh(n.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1)
+        })
+        .mount(&mock)
+        .await;
+    mock
+}
+
+/// Tenant `acme` with connection `p` to `mock` (form-body client auth), and, when given,
+/// its revocation endpoint at `revocation` on the mock.
+pub async fn grant_connection(c: &Client, mock: &wiremock::MockServer, revocation: Option<&str>) {
+    c.call(
+        "AdminService/CreateTenant",
+        serde_json::json!({"tenant": "acme"}),
+    )
+    .await
+    .unwrap();
+    let mut req = serde_json::json!({"tenant": "acme", "provider": "p", "token_url": format!("{}/token", mock.uri()),
+                         "authorize_url": "https://login.example.com/authorize",
+                         "client_id": "id", "client_secret": "secret", "client_auth": "CLIENT_AUTH_POST"});
+    if let Some(r) = revocation {
+        req["revocation_url"] = serde_json::json!(format!("{}{r}", mock.uri()));
+    }
+    c.call("AdminService/PutConnection", req).await.unwrap();
+}
+
+/// An end user's authorization on connection `p`, completed with a code the mock accepts.
+pub async fn authorize(c: &Client, subject: &str) -> Value {
+    let started = c
+        .call(
+            "AdminService/StartAuthorization",
+            serde_json::json!({"tenant": "acme", "provider": "p", "subject": subject}),
+        )
+        .await
+        .unwrap();
+    c.call(
+        "AdminService/CompleteAuthorization",
+        serde_json::json!({"state": started["state"], "code": "the-code"}),
+    )
+    .await
+    .unwrap()
+}
+
+/// GetToken for an end user of connection `p`.
+pub fn user(subject: &str) -> Value {
+    serde_json::json!({"tenant": "acme", "provider": "p", "subject": subject})
+}

@@ -31,19 +31,21 @@ async fn pg() -> Arc<dyn Store> {
         .expect("open postgres")
 }
 
-async fn sqlite() -> Arc<dyn Store> {
-    let dir = tempfile::tempdir().unwrap().keep();
-    let url = format!("sqlite://{}/t.db", dir.display());
-    tokenvend_store::open(&url, true)
+/// A fresh SQLite database in a directory that lives as long as the returned guard.
+async fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/t.db", dir.path().display());
+    let store = tokenvend_store::open(&url, true)
         .await
-        .expect("open sqlite")
+        .expect("open sqlite");
+    (store, dir)
 }
 
 /// Runs each listed test against both backends.
 macro_rules! both {
     ($($name:ident),* $(,)?) => {
         mod postgres { $( #[tokio::test] async fn $name() { super::$name(super::pg().await).await } )* }
-        mod sqlite { $( #[tokio::test] async fn $name() { super::$name(super::sqlite().await).await } )* }
+        mod sqlite { $( #[tokio::test] async fn $name() { let (s, _dir) = super::sqlite().await; super::$name(s).await } )* }
     };
 }
 
