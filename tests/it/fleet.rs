@@ -227,22 +227,73 @@ async fn a_lease_holder_killed_mid_refresh_loses_nothing() {
     drop(servers.remove(0));
 }
 
+/// Asks for `provider`'s token every 100 ms until it fails (its provider is down): every
+/// token served is still valid; returns the final error and how many were served.
+async fn until_unavailable(c: &Client, provider: &str) -> (tonic::Status, usize) {
+    let req = json!({"tenant": "acme", "provider": provider, "min_ttl_seconds": 1});
+    let mut served_while_down = 0;
+    loop {
+        match c.call("TokenService/GetToken", req.clone()).await {
+            Ok(t) => {
+                // Whatever happens at the provider, a served token is never expired.
+                let exp = time::OffsetDateTime::parse(
+                    t["expires_at"].as_str().unwrap(),
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .unwrap();
+                let now = tokenvend_core::clock::Clock::now(&tokenvend_core::clock::SystemClock);
+                assert!(exp > now, "{provider}: served an expired token");
+                served_while_down += 1;
+            }
+            Err(e) => return (e, served_while_down),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provider_outages_serve_valid_tokens_never_expired_ones() {
-    let mock = MockServer::start().await;
-    // One short-lived token, then the provider fails: 500, refused and hanging variants.
+    // Each provider issues one 4 s token, then fails: 500, hanging, connection refused.
+    let first = || {
+        ResponseTemplate::new(200).set_body_json(json!({"access_token": "short", "expires_in": 4}))
+    };
+    let failing = MockServer::start().await;
     Mock::given(method("POST"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"access_token": "short", "expires_in": 4})),
-        )
+        .respond_with(first())
         .up_to_n_times(1)
-        .mount(&mock)
+        .mount(&failing)
         .await;
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(500))
-        .mount(&mock)
+        .mount(&failing)
         .await;
+    let hanging = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(first())
+        .up_to_n_times(1)
+        .mount(&hanging)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(60)))
+        .mount(&hanging)
+        .await;
+    // (wiremock keeps its ports open in a pool, so the refusing provider is a bare socket.)
+    let refusing = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refusing_url = format!("http://{}/token", refusing.local_addr().unwrap());
+    let one_token = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut sock, _) = refusing.accept().await.unwrap();
+        let mut buf = vec![0u8; 8192];
+        let _ = sock.read(&mut buf).await.unwrap();
+        let body = r#"{"access_token":"short","expires_in":4}"#;
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        sock.write_all(resp.as_bytes()).await.unwrap();
+        // The listener is dropped here: from now on the port refuses connections.
+    });
+
     let server = Server::start(Opts {
         env: vec![
             ("TOKENVEND_PROVIDER_TIMEOUT", "1s".into()),
@@ -253,43 +304,34 @@ async fn provider_outages_serve_valid_tokens_never_expired_ones() {
     .await
     .unwrap();
     let c = server.client().await;
-    crate::support::setup_connection(
-        &c,
-        "acme",
-        "p",
-        &format!("{}/token", mock.uri()),
-        "s",
-        json!({}),
-    )
-    .await;
-    let req = json!({"tenant": "acme", "provider": "p", "min_ttl_seconds": 1});
-    let mut served_while_down = 0;
-    let err = loop {
-        match c.call("TokenService/GetToken", req.clone()).await {
-            Ok(t) => {
-                // Whatever happens at the provider, a served token is never expired.
-                let exp = time::OffsetDateTime::parse(
-                    t["expires_at"].as_str().unwrap(),
-                    &time::format_description::well_known::Rfc3339,
-                )
-                .unwrap();
-                assert!(
-                    exp > tokenvend_core::clock::Clock::now(&tokenvend_core::clock::SystemClock),
-                    "served an expired token"
-                );
-                if mock.received_requests().await.unwrap().len() > 1 {
-                    served_while_down += 1;
-                }
-            }
-            Err(e) => break e,
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    assert!(
-        served_while_down > 0,
-        "the still-valid token was served while the provider failed"
+    for (name, url) in [
+        ("failing", format!("{}/token", failing.uri())),
+        ("hanging", format!("{}/token", hanging.uri())),
+        ("refusing", refusing_url),
+    ] {
+        crate::support::setup_connection(&c, "acme", name, &url, "s", json!({})).await;
+        c.call(
+            "TokenService/GetToken",
+            json!({"tenant": "acme", "provider": name, "min_ttl_seconds": 1}),
+        )
+        .await
+        .unwrap();
+    }
+    one_token.await.unwrap();
+
+    // From here on every provider fails: every token served was served while it was down.
+    let (f, h, r) = tokio::join!(
+        until_unavailable(&c, "failing"),
+        until_unavailable(&c, "hanging"),
+        until_unavailable(&c, "refusing"),
     );
+    for (name, (err, served)) in [("failing", f), ("hanging", h), ("refusing", r)] {
+        assert_eq!(err.code(), Code::Unavailable, "{name}: {err:?}");
+        assert!(
+            served > 0,
+            "{name}: the still-valid token was served while the provider failed"
+        );
+    }
 }
 
 #[tokio::test]

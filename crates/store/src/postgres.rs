@@ -58,7 +58,7 @@ impl PgStore {
 
 /// LISTENs on one dedicated connection (session mode: behind PgBouncer in transaction mode
 /// this receives nothing, and waiters fall back to polling) and fans notifications out.
-/// Whenever the stream may have gaps — first connect, reconnect — it says `Resync`.
+/// Whenever the stream may have had a gap — on every (re)connect — it says `Resync`.
 async fn listen(pool: PgPool, tx: tokio::sync::broadcast::Sender<Published>) {
     let resync = || Published {
         origin: String::new(),
@@ -78,6 +78,9 @@ async fn listen(pool: PgPool, tx: tokio::sync::broadcast::Sender<Published>) {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             continue;
         }
+        // Only now, listening again, can we say what may have been missed. (Not when the
+        // connection drops: during a database outage nothing can change unseen, and the
+        // cached tokens must keep being served.)
         let _ = tx.send(resync());
         loop {
             match listener.try_recv().await {
@@ -87,15 +90,12 @@ async fn listen(pool: PgPool, tx: tokio::sync::broadcast::Sender<Published>) {
                     }
                     Err(e) => tracing::warn!(error = %e, "ignoring an unreadable notification"),
                 },
-                // The connection dropped; the next try_recv reconnects and re-LISTENs.
                 Ok(None) => {
                     tracing::warn!("LISTEN connection lost; reconnecting");
-                    let _ = tx.send(resync());
+                    break;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "LISTEN connection failed; reconnecting in 1 s");
-                    let _ = tx.send(resync());
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    tracing::warn!(error = %e, "LISTEN connection failed; reconnecting");
                     break;
                 }
             }
