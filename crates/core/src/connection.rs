@@ -140,6 +140,26 @@ fn is_internal_v4(v4: Ipv4Addr) -> bool {
         || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64) // carrier-grade NAT
 }
 
+/// Scope tokens per RFC 6749 §3.3: no spaces, quotes or backslashes (they are joined with
+/// spaces on the wire, so a space inside one would smuggle in another).
+pub fn check_scopes(scopes: &[String]) -> Result<(), InvalidInput> {
+    for s in scopes {
+        if s.is_empty()
+            || s.len() > 256
+            || s.chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '\\')
+        {
+            return Err(InvalidInput::new(
+                "scopes",
+                format!(
+                    "{s:?} is not a valid scope token (RFC 6749 §3.3: 1-256 characters, no spaces, quotes or backslashes)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The connection after applying its template: everything the token client needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Effective {
@@ -209,19 +229,7 @@ impl ConnectionSettings {
             }
             Some(u)
         };
-        for s in &self.scopes {
-            if s.is_empty()
-                || s.chars()
-                    .any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '\\')
-            {
-                return Err(InvalidInput::new(
-                    "scopes",
-                    format!(
-                        "{s:?} is not a valid scope token (RFC 6749 §3.3: no spaces, quotes or backslashes)"
-                    ),
-                ));
-            }
-        }
+        check_scopes(&self.scopes)?;
         for (k, v) in &self.extra_params {
             if k.is_empty() || k.len() > 128 || v.len() > 2048 {
                 return Err(InvalidInput::new(

@@ -18,7 +18,7 @@ use crate::{
     admin::PageRequest,
     cache::TokenCache,
     clock::Clock,
-    connection::{ConnectionSettings, Effective, EndpointPolicy},
+    connection::{ConnectionSettings, Effective, EndpointPolicy, check_scopes},
     crypto::{Aad, Envelope},
     error::{Error, InvalidInput, Result},
     events::Notifier,
@@ -81,17 +81,6 @@ fn pending_aad(id: Uuid) -> Aad<'static> {
         row: id,
         qualifier: "",
     }
-}
-
-fn check_scopes(scopes: &[String]) -> Result<(), InvalidInput> {
-    ConnectionSettings {
-        scopes: scopes.to_vec(),
-        ..Default::default()
-    }
-    .resolve(EndpointPolicy {
-        allow_insecure: true,
-    })
-    .map(|_| ())
 }
 
 impl Grants {
