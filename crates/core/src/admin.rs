@@ -18,8 +18,10 @@ use crate::{
     events::Notifier,
     grants::{Grants, Revoked},
     ids::{ConnectionKey, TenantId},
-    oauth::{ClientCredentials, Grant, ProviderError, TokenClient, TokenRequest},
-    refresh::{connection_aad, load_connection_of},
+    oauth::{ProviderError, TokenClient},
+    refresh::{
+        client_credentials_request, connection_aad, effective_of, load_connection_of, missing,
+    },
     store::{ConnectionRecord, Store, StoreError, TenantRecord},
 };
 
@@ -356,39 +358,14 @@ impl Admin {
             )
             .into());
         }
-        let settings: ConnectionSettings = serde_json::from_str(&conn.settings)
-            .map_err(|e| StoreError::Database(format!("connection {} settings: {e}", conn.id)))?;
-        let effective = settings
-            .resolve(self.policy)
-            .map_err(|e| Error::ConnectionInvalid {
-                tenant: key.tenant.to_string(),
-                provider: key.provider.to_string(),
-                reason: e.to_string(),
-            })?;
+        let effective = effective_of(&conn, self.policy)?;
         let token_url = effective
             .token_url
             .as_ref()
-            .ok_or_else(|| Error::MissingCredential {
-                tenant: key.tenant.to_string(),
-                provider: key.provider.to_string(),
-                missing: "token_url",
-            })?;
+            .ok_or_else(|| missing(&conn, "token_url"))?;
         let verified = self
             .client
-            .fetch(&TokenRequest {
-                token_url,
-                credentials: ClientCredentials {
-                    auth: effective.client_auth,
-                    client_id: &effective.client_id,
-                    client_secret: &secret,
-                },
-                grant: Grant::ClientCredentials,
-                scopes: &effective.scopes,
-                audience: (effective.always_send_audience || !effective.audience.is_empty())
-                    .then_some(effective.audience.as_str()),
-                extra_params: &effective.extra_params,
-                default_expires_in: effective.default_expires_in,
-            })
+            .fetch(&client_credentials_request(&effective, token_url, &secret))
             .await;
         match verified {
             Ok(_) => {}

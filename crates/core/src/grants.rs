@@ -18,13 +18,15 @@ use crate::{
     admin::PageRequest,
     cache::TokenCache,
     clock::Clock,
-    connection::{ConnectionSettings, Effective, EndpointPolicy, check_scopes},
+    connection::{Effective, EndpointPolicy, check_scopes},
     crypto::{Aad, Envelope},
     error::{Error, InvalidInput, Result},
     events::Notifier,
     ids::{ConnectionKey, ProviderId, Subject, TenantId, TokenKey},
     oauth::{ClientCredentials, Grant, TokenClient, TokenRequest, pkce},
-    refresh::{connection_aad, grant_aad, load_connection_of, token_record},
+    refresh::{
+        client_secret_of, effective_of, grant_aad, load_connection_of, missing, token_record,
+    },
     store::{ConnectionRecord, GrantRecord, GrantStatus, PendingAuthorization, Store, StoreError},
 };
 
@@ -97,34 +99,7 @@ impl Grants {
     }
 
     fn effective(&self, conn: &ConnectionRecord) -> Result<Effective> {
-        let settings: ConnectionSettings = serde_json::from_str(&conn.settings)
-            .map_err(|e| StoreError::Database(format!("connection {} settings: {e}", conn.id)))?;
-        settings
-            .resolve(self.config.policy)
-            .map_err(|e| Error::ConnectionInvalid {
-                tenant: conn.tenant.to_string(),
-                provider: conn.provider.to_string(),
-                reason: e.to_string(),
-            })
-    }
-
-    fn missing(conn: &ConnectionRecord, what: &'static str) -> Error {
-        Error::MissingCredential {
-            tenant: conn.tenant.to_string(),
-            provider: conn.provider.to_string(),
-            missing: what,
-        }
-    }
-
-    async fn client_secret(&self, conn: &ConnectionRecord) -> Result<SecretString> {
-        let ct = conn
-            .client_secret
-            .as_ref()
-            .ok_or_else(|| Self::missing(conn, "client_secret"))?;
-        Ok(self
-            .envelope
-            .decrypt_string(connection_aad(conn.id, "client_secret"), ct)
-            .await?)
+        effective_of(conn, self.config.policy)
     }
 
     pub async fn start(
@@ -146,12 +121,12 @@ impl Grants {
         let authorize_url = effective
             .authorize_url
             .clone()
-            .ok_or_else(|| Self::missing(&conn, "authorize_url"))?;
+            .ok_or_else(|| missing(&conn, "authorize_url"))?;
         effective
             .token_url
             .as_ref()
-            .ok_or_else(|| Self::missing(&conn, "token_url"))?;
-        self.client_secret(&conn).await?;
+            .ok_or_else(|| missing(&conn, "token_url"))?;
+        client_secret_of(&self.envelope, &conn).await?;
         let redirect_uri = match (&effective.redirect_uri, &self.config.public_url) {
             (Some(u), _) => u.to_string(),
             (None, Some(public)) => public
@@ -159,7 +134,7 @@ impl Grants {
                 .map_err(|e| StoreError::Database(format!("TOKENVEND_PUBLIC_URL: {e}")))?
                 .to_string(),
             (None, None) => {
-                return Err(Self::missing(
+                return Err(missing(
                     &conn,
                     "redirect_uri (set TOKENVEND_PUBLIC_URL or the connection's redirect_uri)",
                 ));
@@ -263,8 +238,8 @@ impl Grants {
         let token_url = effective
             .token_url
             .as_ref()
-            .ok_or_else(|| Self::missing(&conn, "token_url"))?;
-        let client_secret = self.client_secret(&conn).await?;
+            .ok_or_else(|| missing(&conn, "token_url"))?;
+        let client_secret = client_secret_of(&self.envelope, &conn).await?;
         let verifier = self
             .envelope
             .decrypt_string(pending_aad(pending.id), &pending.code_verifier)
@@ -424,7 +399,7 @@ impl Grants {
                     .envelope
                     .decrypt_string(grant_aad(grant.id), rt_ct)
                     .await?;
-                let secret = self.client_secret(conn).await?;
+                let secret = client_secret_of(&self.envelope, conn).await?;
                 let credentials = ClientCredentials {
                     auth: effective.user_grant_client_auth,
                     client_id: &effective.client_id,

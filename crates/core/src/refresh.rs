@@ -26,7 +26,7 @@ use time::OffsetDateTime;
 use crate::{
     cache::CachedToken,
     clock::Clock,
-    connection::{ConnectionSettings, Effective},
+    connection::{ConnectionSettings, Effective, EndpointPolicy},
     crypto::{Aad, Envelope},
     error::{Error, Result},
     ids::{ConnectionKey, TokenKey},
@@ -72,16 +72,7 @@ pub(crate) async fn fetch(
         return Ok(token);
     }
 
-    let settings: ConnectionSettings = serde_json::from_str(&conn.settings)
-        .map_err(|e| StoreError::Database(format!("connection {} settings: {e}", conn.id)))?;
-    let effective =
-        settings
-            .resolve(inner.config.policy)
-            .map_err(|e| Error::ConnectionInvalid {
-                tenant: key.tenant.to_string(),
-                provider: key.provider.to_string(),
-                reason: e.to_string(),
-            })?;
+    let effective = effective_of(&conn, inner.config.policy)?;
     let grant = if key.subject.is_client() {
         None
     } else {
@@ -292,41 +283,20 @@ async fn call_provider(
     lease: Lease,
     taken: tokio::time::Instant,
 ) -> Result<Fetched> {
-    let missing = |what| Error::MissingCredential {
-        tenant: key.tenant.to_string(),
-        provider: key.provider.to_string(),
-        missing: what,
-    };
     let token_url = effective
         .token_url
         .as_ref()
-        .ok_or_else(|| missing("token_url"))?;
-    let secret_ct = conn
-        .client_secret
-        .as_ref()
-        .ok_or_else(|| missing("client_secret"))?;
-    let client_secret: SecretString = inner
-        .envelope
-        .decrypt_string(connection_aad(conn.id, "client_secret"), secret_ct)
-        .await?;
+        .ok_or_else(|| missing(conn, "token_url"))?;
+    let client_secret = client_secret_of(&inner.envelope, conn).await?;
 
     let Some(grant) = grant else {
         let response = inner
             .client
-            .fetch(&TokenRequest {
+            .fetch(&client_credentials_request(
+                effective,
                 token_url,
-                credentials: ClientCredentials {
-                    auth: effective.client_auth,
-                    client_id: &effective.client_id,
-                    client_secret: &client_secret,
-                },
-                grant: Grant::ClientCredentials,
-                scopes: &effective.scopes,
-                audience: (effective.always_send_audience || !effective.audience.is_empty())
-                    .then_some(effective.audience.as_str()),
-                extra_params: &effective.extra_params,
-                default_expires_in: effective.default_expires_in,
-            })
+                &client_secret,
+            ))
             .await?;
         let (record, token) = record_token(inner, conn, key, response).await?;
         tracing::info!("fetched a token from the provider");
@@ -515,6 +485,65 @@ pub(crate) async fn token_record(
         fetched_at,
     };
     Ok((record, response.expires_in, response))
+}
+
+/// The stored settings of `conn` resolved under `policy`: re-checked on every use, so a
+/// stricter policy applies to existing connections too.
+pub(crate) fn effective_of(conn: &ConnectionRecord, policy: EndpointPolicy) -> Result<Effective> {
+    let settings: ConnectionSettings = serde_json::from_str(&conn.settings)
+        .map_err(|e| StoreError::Database(format!("connection {} settings: {e}", conn.id)))?;
+    settings
+        .resolve(policy)
+        .map_err(|e| Error::ConnectionInvalid {
+            tenant: conn.tenant.to_string(),
+            provider: conn.provider.to_string(),
+            reason: e.to_string(),
+        })
+}
+
+/// The connection lacks `what` to do the request at hand.
+pub(crate) fn missing(conn: &ConnectionRecord, what: &'static str) -> Error {
+    Error::MissingCredential {
+        tenant: conn.tenant.to_string(),
+        provider: conn.provider.to_string(),
+        missing: what,
+    }
+}
+
+/// The connection's client secret, decrypted.
+pub(crate) async fn client_secret_of(
+    envelope: &Envelope,
+    conn: &ConnectionRecord,
+) -> Result<SecretString> {
+    let ct = conn
+        .client_secret
+        .as_ref()
+        .ok_or_else(|| missing(conn, "client_secret"))?;
+    Ok(envelope
+        .decrypt_string(connection_aad(conn.id, "client_secret"), ct)
+        .await?)
+}
+
+/// The client-credentials request `effective` describes, with `secret`.
+pub(crate) fn client_credentials_request<'a>(
+    effective: &'a Effective,
+    token_url: &'a url::Url,
+    secret: &'a SecretString,
+) -> TokenRequest<'a> {
+    TokenRequest {
+        token_url,
+        credentials: ClientCredentials {
+            auth: effective.client_auth,
+            client_id: &effective.client_id,
+            client_secret: secret,
+        },
+        grant: Grant::ClientCredentials,
+        scopes: &effective.scopes,
+        audience: (effective.always_send_audience || !effective.audience.is_empty())
+            .then_some(effective.audience.as_str()),
+        extra_params: &effective.extra_params,
+        default_expires_in: effective.default_expires_in,
+    }
 }
 
 /// The connection, or which of tenant and connection is missing.
