@@ -336,3 +336,53 @@ async fn migrate_command_and_json_logs() {
     assert_eq!(fetched["span"]["provider"], "p");
     assert!(!out.contains(SECRET));
 }
+
+#[tokio::test]
+async fn settings_from_a_config_file_with_the_environment_winning() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokenvend.env");
+    std::fs::write(
+        &file,
+        "# settings for this instance\nTOKENVEND_BOOTSTRAP_ADMIN_KEY=key-from-the-config-file\nTOKENVEND_LOG_FORMAT=json\n",
+    )
+    .unwrap();
+    let server = Server::start(Opts {
+        env: vec![
+            ("TOKENVEND_CONFIG", file.display().to_string()),
+            // The harness sets the bootstrap key in the environment: it wins over the file.
+            ("TOKENVEND_LOG", "info".into()),
+        ],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // The file's log format applied (the harness does not set one)...
+    assert!(
+        server.output().lines().all(|l| l.starts_with('{')),
+        "{}",
+        server.output()
+    );
+    // ...and the environment's admin key beat the file's.
+    let from_file = crate::support::Client::connect(&server.grpc, Some("key-from-the-config-file"))
+        .await
+        .unwrap();
+    let err = from_file
+        .call("AdminService/ListTenants", json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    server
+        .client()
+        .await
+        .call("AdminService/ListTenants", json!({}))
+        .await
+        .unwrap();
+
+    // A missing file is a clear start-up error.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokenvend"))
+        .args(["--config", "/nonexistent/tokenvend.env", "keygen"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the config file"));
+}

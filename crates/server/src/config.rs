@@ -12,8 +12,32 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     about = "Multi-tenant OAuth 2.0 token-vending service"
 )]
 pub struct Cli {
+    /// A file of `TOKENVEND_*=value` lines (dotenv syntax). Real environment variables and
+    /// flags take precedence over it.
+    #[arg(long, global = true, env = "TOKENVEND_CONFIG")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Loads the config file named by `--config FILE` / `--config=FILE` / `TOKENVEND_CONFIG`
+/// into the environment before the flags are parsed, so every setting keeps one name
+/// whether it comes from a flag, the environment or the file. Variables already set win.
+pub fn load_config_file(args: &[String]) -> Result<Option<PathBuf>, String> {
+    let from_args = args.iter().enumerate().find_map(|(i, a)| {
+        a.strip_prefix("--config=").map(str::to_owned).or_else(|| {
+            (a == "--config")
+                .then(|| args.get(i + 1).cloned())
+                .flatten()
+        })
+    });
+    let Some(path) = from_args.or_else(|| std::env::var("TOKENVEND_CONFIG").ok()) else {
+        return Ok(None);
+    };
+    let path = PathBuf::from(path);
+    dotenvy::from_path(&path)
+        .map_err(|e| format!("cannot read the config file {}: {e}", path.display()))?;
+    Ok(Some(path))
 }
 
 #[derive(Debug, Subcommand)]

@@ -7,6 +7,11 @@ use tokenvend_server::{
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if let Err(e) = tokenvend_server::config::load_config_file(&args) {
+        eprintln!("tokenvend: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => match telemetry::init(args.log_format, &args.log) {
