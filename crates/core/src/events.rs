@@ -5,7 +5,7 @@
 //! applies what it receives to its memory. Waiters for a key held by another replica's lease
 //! are woken by `LeaseEnded`, and poll in case a notification is lost.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use dashmap::DashMap;
 use tokio::sync::Notify;
@@ -80,11 +80,10 @@ pub struct Waiters {
 }
 
 impl Waiters {
-    /// Waits until the key's lease ends somewhere, or `poll` passes (a notification can be
-    /// lost while the listener reconnects), whichever is first.
-    pub async fn wait(&self, key: &TokenKey, poll: Duration) {
-        let notify = self.keys.entry(key.clone()).or_default().clone();
-        let _ = tokio::time::timeout(poll, notify.notified()).await;
+    /// The key's wake-up handle. Register interest (`Notify::notified` + `enable`) *before*
+    /// checking the store, so a lease that ends in between still wakes the waiter.
+    pub fn handle(&self, key: &TokenKey) -> Arc<Notify> {
+        self.keys.entry(key.clone()).or_default().clone()
     }
 
     pub fn wake(&self, key: &TokenKey) {

@@ -80,7 +80,12 @@ pub(crate) async fn fetch(
     };
 
     let give_up = tokio::time::Instant::now() + inner.config.max_wait;
+    let wake = inner.waiters.handle(&key);
     loop {
+        // Interest first, then the checks: a lease ending in between still wakes us.
+        let woken = wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
         if let Some(token) = stored_token(inner, &conn, &key, min_ttl).await? {
             inner.cache.insert_if_current(key, token.clone(), epoch);
             tracing::debug!("token loaded from the shared store");
@@ -126,7 +131,9 @@ pub(crate) async fn fetch(
             }
             .into());
         }
-        inner.waiters.wait(&key, inner.config.poll_interval).await;
+        // Woken by the holder's LeaseEnded, or poll: a notification can be lost while the
+        // listener reconnects.
+        let _ = tokio::time::timeout(inner.config.poll_interval, woken).await;
     }
 }
 
