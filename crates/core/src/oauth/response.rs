@@ -440,3 +440,63 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod untrusted_input {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const SECRET: &str = "Zz9-planted-secret-Qq7";
+
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(|f| serde_json::json!(f)),
+            ".{0,40}".prop_map(serde_json::Value::from),
+            Just(serde_json::Value::from(SECRET)),
+            Just(serde_json::Value::from(format!("bad {SECRET} here"))),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("access_token".to_owned()),
+                        Just("expires_in".to_owned()),
+                        Just("token_type".to_owned()),
+                        Just("scope".to_owned()),
+                        Just("error".to_owned()),
+                        Just("error_description".to_owned()),
+                        Just("refresh_token".to_owned()),
+                        "[a-z_]{1,12}",
+                    ],
+                    inner,
+                    0..6
+                )
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Arbitrary bytes with any status: a typed answer, never a panic.
+        #[test]
+        fn never_panics_on_bytes(status in 100u16..600, body in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse_token_response(status, None, &body, Duration::from_secs(60), &[], &[SECRET]);
+        }
+
+        /// Arbitrary JSON that may carry the client secret anywhere: whatever the outcome,
+        /// no error message repeats the secret, and no token lives longer than a year.
+        #[test]
+        fn never_echoes_the_secret(status in prop_oneof![Just(200u16), Just(400), Just(401), Just(403), Just(500)], v in json_value()) {
+            let body = serde_json::to_vec(&v).unwrap();
+            match parse_token_response(status, Some("application/json"), &body, Duration::from_secs(60), &[], &[SECRET]) {
+                Ok(t) => prop_assert!(t.expires_in <= MAX_LIFETIME && t.expires_in >= Duration::from_secs(1)),
+                Err(e) => prop_assert!(!e.to_string().contains(SECRET), "{}", e),
+            }
+        }
+    }
+}
