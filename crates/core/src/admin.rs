@@ -257,8 +257,9 @@ impl Admin {
                 tenant: put.key.tenant.clone(),
                 provider: put.key.provider.clone(),
                 version: existing.as_ref().map(|c| c.version + 1).unwrap_or(1),
-                settings: serde_json::to_string(&put.settings)
-                    .map_err(|e| StoreError::Database(e.to_string()))?,
+                settings: serde_json::to_string(&put.settings).map_err(|e| {
+                    Error::Internal(format!("serializing connection settings: {e}"))
+                })?,
                 client_secret,
                 api_key,
                 secret_fingerprint: fingerprint,
@@ -281,7 +282,9 @@ impl Admin {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(StoreError::Database("connection kept changing concurrently; try again".into()).into())
+        Err(Error::Aborted(
+            "the connection kept changing concurrently (5 attempts)",
+        ))
     }
 
     async fn encrypt_secret(
@@ -388,10 +391,9 @@ impl Admin {
         match self.store.put_connection(&record, Some(conn.version)).await {
             Ok(()) => {}
             Err(StoreError::Conflict) => {
-                return Err(StoreError::Database(
-                    "the connection changed during the rotation; rotate again".into(),
-                )
-                .into());
+                return Err(Error::Aborted(
+                    "the connection changed during the rotation; the new secret was not stored, rotate again",
+                ));
             }
             Err(e) => return Err(e.into()),
         }
@@ -413,13 +415,13 @@ impl Admin {
 
     fn to_view(&self, record: ConnectionRecord) -> Result<ConnectionView> {
         let settings: ConnectionSettings = serde_json::from_str(&record.settings)
-            .map_err(|e| StoreError::Database(format!("connection {} settings: {e}", record.id)))?;
+            .map_err(|e| StoreError::Corrupt(format!("connection {} settings: {e}", record.id)))?;
         // Stored settings were valid when written; show them even if the policy changed since.
         let effective = settings
             .resolve(EndpointPolicy {
                 allow_insecure: true,
             })
-            .map_err(|e| StoreError::Database(format!("connection {} settings: {e}", record.id)))?;
+            .map_err(|e| StoreError::Corrupt(format!("connection {} settings: {e}", record.id)))?;
         Ok(view(record, settings, effective))
     }
 }

@@ -97,6 +97,14 @@ pub enum Error {
     },
     #[error("gave up waiting for the token after {0:?}")]
     DeadlineExceeded(Duration),
+    /// A concurrent change won (optimistic concurrency, a grant revoked or re-authorized
+    /// during a refresh): nothing was written, and retrying is safe.
+    #[error("{0}; nothing was changed, retry")]
+    Aborted(&'static str),
+    /// A bug or a broken invariant (a panic in a fetch, corrupt stored settings). Logged
+    /// with its context; callers see a generic message.
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]

@@ -14,14 +14,33 @@ use futures::{
     future::{BoxFuture, Shared},
 };
 
-type SharedResult<T, E> = Shared<BoxFuture<'static, Result<T, Arc<E>>>>;
+type SharedResult<T, E> = Shared<BoxFuture<'static, Result<T, Failure<E>>>>;
 /// An in-flight fetch: its id (so a finished task removes only its own entry) and result.
 type InFlight<T, E> = (u64, SharedResult<T, E>);
+
+/// How a fetch failed, as every waiter sees it.
+#[derive(Debug)]
+enum Failure<E> {
+    Err(Arc<E>),
+    /// The fetch task panicked (a bug). Its waiters get an error value, never the panic.
+    Panicked,
+}
+
+impl<E> Clone for Failure<E> {
+    fn clone(&self) -> Self {
+        match self {
+            Failure::Err(e) => Failure::Err(e.clone()),
+            Failure::Panicked => Failure::Panicked,
+        }
+    }
+}
 
 /// Why a wait ended without a value.
 #[derive(Debug)]
 pub enum Waited<E> {
     Failed(Arc<E>),
+    /// The fetch panicked; its entry is gone, so the next call fetches anew.
+    Panicked,
     /// The waiter's own budget ran out; the fetch goes on for the others.
     TimedOut,
 }
@@ -40,6 +59,23 @@ where
             inflight: Arc::new(DashMap::new()),
             next_id: Default::default(),
         }
+    }
+}
+
+/// Removes a flight's own map entry when its task ends — normally, by panic or by the
+/// runtime shutting down. Code after an `.await` would not run on a panic, and an entry
+/// left behind would hand every later caller the same dead future.
+struct RemoveOnDrop<K: Eq + Hash, T, E> {
+    map: Arc<DashMap<K, InFlight<T, E>>>,
+    key: K,
+    id: u64,
+}
+
+impl<K: Eq + Hash, T, E> Drop for RemoveOnDrop<K, T, E> {
+    fn drop(&mut self) {
+        // Our own entry only: a newer flight may have replaced it.
+        self.map
+            .remove_if(&self.key, |_, (entry_id, _)| *entry_id == self.id);
     }
 }
 
@@ -67,19 +103,26 @@ where
                     .next_id
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let fut = make();
-                let map = self.inflight.clone();
-                let task_key = key.clone();
+                let guard = RemoveOnDrop {
+                    map: self.inflight.clone(),
+                    key: key.clone(),
+                    id,
+                };
                 let handle = tokio::spawn(async move {
-                    let result = fut.await.map_err(Arc::new);
-                    // Remove our own entry only: a newer flight may have replaced it.
-                    map.remove_if(&task_key, |_, (entry_id, _)| *entry_id == id);
-                    result
+                    let _guard = guard;
+                    fut.await.map_err(Arc::new)
                 });
                 let shared: SharedResult<T, E> = async move {
                     match handle.await {
-                        Ok(r) => r,
-                        // The fetch task panicked: re-raise in every waiter.
-                        Err(join) => std::panic::resume_unwind(join.into_panic()),
+                        Ok(r) => r.map_err(Failure::Err),
+                        Err(join) => {
+                            if join.is_panic() {
+                                tracing::error!(
+                                    "a token fetch panicked (a bug); its callers get INTERNAL and the next call fetches anew"
+                                );
+                            }
+                            Err(Failure::Panicked)
+                        }
                     }
                 }
                 .boxed()
@@ -90,7 +133,8 @@ where
         };
         match tokio::time::timeout(wait, shared).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(Waited::Failed(e)),
+            Ok(Err(Failure::Err(e))) => Err(Waited::Failed(e)),
+            Ok(Err(Failure::Panicked)) => Err(Waited::Panicked),
             Err(_) => Err(Waited::TimedOut),
         }
     }
@@ -173,6 +217,27 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+    }
+
+    /// Regression (issue 8.1): a panicking fetch left its entry behind, and every later
+    /// caller joined the dead future.
+    #[tokio::test]
+    async fn a_panicking_fetch_fails_its_callers_and_is_forgotten() {
+        let sf: Arc<SingleFlight<&str, u32, String>> = Arc::new(SingleFlight::new());
+        let r = sf
+            .run("k", Duration::from_secs(30), || async {
+                if true {
+                    panic!("bug in a fetch");
+                }
+                Ok(1)
+            })
+            .await;
+        assert!(matches!(r, Err(Waited::Panicked)), "{r:?}");
+        assert_eq!(sf.in_flight(), 0, "the entry is removed by the drop guard");
+        let again = sf
+            .run("k", Duration::from_secs(30), || async { Ok(2) })
+            .await;
+        assert_eq!(again.unwrap(), 2, "the next call fetches anew");
     }
 
     #[tokio::test(start_paused = true)]

@@ -131,7 +131,11 @@ impl Grants {
             (Some(u), _) => u.to_string(),
             (None, Some(public)) => public
                 .join(CALLBACK_PATH)
-                .map_err(|e| StoreError::Database(format!("TOKENVEND_PUBLIC_URL: {e}")))?
+                .map_err(|e| {
+                    Error::Internal(format!(
+                        "TOKENVEND_PUBLIC_URL cannot be joined with the callback path: {e}"
+                    ))
+                })?
                 .to_string(),
             (None, None) => {
                 return Err(missing(

@@ -498,7 +498,7 @@ pub(crate) async fn token_record(
 /// stricter policy applies to existing connections too.
 pub(crate) fn effective_of(conn: &ConnectionRecord, policy: EndpointPolicy) -> Result<Effective> {
     let settings: ConnectionSettings = serde_json::from_str(&conn.settings)
-        .map_err(|e| StoreError::Database(format!("connection {} settings: {e}", conn.id)))?;
+        .map_err(|e| StoreError::Corrupt(format!("connection {} settings: {e}", conn.id)))?;
     settings
         .resolve(policy)
         .map_err(|e| Error::ConnectionInvalid {

@@ -20,7 +20,12 @@ pub enum StoreError {
     /// The row a write refers to does not exist (e.g. the tenant was deleted meanwhile).
     #[error("the referenced row does not exist")]
     MissingParent,
-    /// Anything else: connection refused, SQL error, corrupt row. Logged, never shown to callers.
+    /// A stored row that cannot be read back (bad JSON, unknown enum value): a bug or
+    /// tampering, not an outage. Logged, never shown to callers.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    /// The database failed: connection refused, timeout, SQL error. Logged, never shown to
+    /// callers.
     #[error("database error: {0}")]
     Database(String),
 }

@@ -185,6 +185,9 @@ impl Vendor {
             Ok(token) => Ok(token),
             Err(Waited::Failed(e)) => Err(Error::Shared(e)),
             Err(Waited::TimedOut) => Err(Error::DeadlineExceeded(wait)),
+            Err(Waited::Panicked) => Err(Error::Internal(
+                "the token fetch failed unexpectedly (logged); the next call tries again".into(),
+            )),
         }
     }
 

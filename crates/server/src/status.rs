@@ -91,7 +91,15 @@ pub fn to_status(err: &Error) -> Status {
             details.set_error_info("RATE_LIMITED", DOMAIN, HashMap::new());
             Status::with_error_details(Code::ResourceExhausted, e.to_string(), details)
         }
-        Error::Store(s) => internal(err, s),
+        e @ Error::Aborted(_) => rich(Code::Aborted, e.to_string(), "CONCURRENT_CHANGE", none()),
+        Error::Internal(detail) => {
+            tracing::error!(error = %detail, "internal error");
+            Status::new(
+                Code::Internal,
+                "internal error (details in the server logs); retrying is safe",
+            )
+        }
+        Error::Store(s) => store_status(err, s),
         Error::Crypto(c) => {
             tracing::error!(error = %c, "encryption failure");
             Status::new(
@@ -139,12 +147,37 @@ fn provider_status(p: &ProviderError, message: String) -> Status {
     }
 }
 
-fn internal(err: &Error, s: &StoreError) -> Status {
+/// Store outcomes that are domain conditions keep their meaning (and a message); only a
+/// real database failure is UNAVAILABLE, and only that is logged at error level.
+fn store_status(err: &Error, s: &StoreError) -> Status {
     match s {
-        StoreError::Database(_)
-        | StoreError::Conflict
-        | StoreError::AlreadyExists
-        | StoreError::MissingParent => {
+        StoreError::Conflict => rich(
+            Code::Aborted,
+            "the record was changed concurrently by another request; nothing was changed, retry"
+                .into(),
+            "CONCURRENT_CHANGE",
+            HashMap::new(),
+        ),
+        StoreError::AlreadyExists => rich(
+            Code::AlreadyExists,
+            "a record with this name already exists".into(),
+            "ALREADY_EXISTS",
+            HashMap::new(),
+        ),
+        StoreError::MissingParent => rich(
+            Code::NotFound,
+            "the tenant or connection this refers to was deleted meanwhile".into(),
+            "PARENT_NOT_FOUND",
+            HashMap::new(),
+        ),
+        StoreError::Corrupt(_) => {
+            tracing::error!(error = %err, "corrupt data in the store");
+            Status::new(
+                Code::Internal,
+                "internal error: a stored record could not be read (details in the server logs)",
+            )
+        }
+        StoreError::Database(_) => {
             tracing::error!(error = %err, "storage failure");
             let mut details = ErrorDetails::with_retry_info(Some(Duration::from_secs(1)));
             details.set_error_info("STORAGE_UNAVAILABLE", DOMAIN, HashMap::new());
@@ -154,5 +187,33 @@ fn internal(err: &Error, s: &StoreError) -> Status {
                 details,
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (issue 8.7): every store outcome became UNAVAILABLE STORAGE_UNAVAILABLE.
+    #[test]
+    fn store_outcomes_keep_their_meaning() {
+        let cases = [
+            (StoreError::Conflict, Code::Aborted),
+            (StoreError::AlreadyExists, Code::AlreadyExists),
+            (StoreError::MissingParent, Code::NotFound),
+            (StoreError::Corrupt("x".into()), Code::Internal),
+            (StoreError::Database("down".into()), Code::Unavailable),
+        ];
+        for (e, code) in cases {
+            let status = to_status(&Error::Store(e));
+            assert_eq!(status.code(), code, "{}", status.message());
+            assert!(!status.message().is_empty());
+        }
+        let s = to_status(&Error::Aborted("the grant was revoked during the refresh"));
+        assert_eq!(s.code(), Code::Aborted);
+        assert!(s.message().contains("revoked"), "{}", s.message());
+        let s = to_status(&Error::Internal("secret detail".into()));
+        assert_eq!(s.code(), Code::Internal);
+        assert!(!s.message().contains("secret detail"));
     }
 }

@@ -50,5 +50,5 @@ fn db_err(e: sqlx::Error) -> StoreError {
 }
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Database(format!("corrupt {what} in the database: {e}"))
+    StoreError::Corrupt(format!("{what}: {e}"))
 }

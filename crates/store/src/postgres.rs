@@ -807,8 +807,7 @@ impl Store for PgStore {
     }
 
     async fn publish(&self, event: &Published) -> Result<(), StoreError> {
-        let payload =
-            serde_json::to_string(event).map_err(|e| StoreError::Database(e.to_string()))?;
+        let payload = serde_json::to_string(event).map_err(|e| corrupt("event", e))?;
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(CHANNEL)
             .bind(payload)

@@ -100,7 +100,9 @@ pub fn parse_token_response(
     };
 
     let access_token = match obj.get("access_token") {
-        Some(Value::String(t)) if !t.trim().is_empty() => t.trim().to_owned(),
+        Some(Value::String(t)) if !t.trim().is_empty() => {
+            header_safe("access_token", t.trim())?.to_owned()
+        }
         Some(_) => {
             return Err(ProviderError::BadResponse {
                 reason: "access_token is empty or not a string".into(),
@@ -138,7 +140,7 @@ pub fn parse_token_response(
         }
     };
 
-    let scopes = match obj.get("scope").or_else(|| obj.get("scopes")) {
+    let scopes: Vec<String> = match obj.get("scope").or_else(|| obj.get("scopes")) {
         None | Some(Value::Null) => requested_scopes.to_vec(),
         Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
         Some(Value::Array(items)) => items
@@ -155,9 +157,27 @@ pub fn parse_token_response(
     };
 
     let refresh_token = match obj.get("refresh_token") {
-        Some(Value::String(t)) if !t.is_empty() => Some(SecretString::from(t.clone())),
-        _ => None,
+        None | Some(Value::Null) => None,
+        Some(Value::String(t)) if t.is_empty() => None,
+        Some(Value::String(t)) => Some(SecretString::from(
+            header_safe("refresh_token", t)?.to_owned(),
+        )),
+        Some(_) => {
+            return Err(ProviderError::BadResponse {
+                reason: "refresh_token is not a string".into(),
+            });
+        }
     };
+
+    // Scopes are handed to callers too; RFC 6749 §3.3 allows only visible ASCII in them.
+    if scopes
+        .iter()
+        .any(|s| s.bytes().any(|b| !(0x21..=0x7e).contains(&b)))
+    {
+        return Err(ProviderError::BadResponse {
+            reason: "scope contains characters outside visible ASCII (RFC 6749 §3.3)".into(),
+        });
+    }
 
     Ok(TokenResponse {
         access_token: SecretString::from(access_token),
@@ -192,12 +212,33 @@ fn without_trailing_commas(body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Seconds from a provider's `expires_in`, capped at [`MAX_LIFETIME`]. The cap is applied
+/// to the float *before* any conversion: `Duration::from_secs_f64(1e20)` panics.
 fn seconds(v: Option<f64>) -> Result<Duration, ProviderError> {
     match v {
-        Some(s) if s.is_finite() && s >= 1.0 => Ok(Duration::from_secs_f64(s).min(MAX_LIFETIME)),
+        Some(s) if s.is_finite() && s >= 1.0 => Ok(Duration::try_from_secs_f64(
+            s.min(MAX_LIFETIME.as_secs_f64()),
+        )
+        .unwrap_or(MAX_LIFETIME)
+        .min(MAX_LIFETIME)),
         _ => Err(ProviderError::BadResponse {
             reason: "expires_in is not a positive number of seconds".into(),
         }),
+    }
+}
+
+/// Callers paste tokens into an `Authorization` header: RFC 6749 Appendix A allows only
+/// visible ASCII and space (`%x20-7E`) in `access_token` and `refresh_token`. A CR/LF
+/// would let a hostile provider inject headers into every caller's requests.
+fn header_safe<'a>(field: &'static str, value: &'a str) -> Result<&'a str, ProviderError> {
+    if value.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+        Ok(value)
+    } else {
+        Err(ProviderError::BadResponse {
+            reason: format!(
+                "{field} contains characters outside visible ASCII (RFC 6749 Appendix A); refusing to hand it out"
+            ),
+        })
     }
 }
 
@@ -294,6 +335,31 @@ mod tests {
                 "absurd lifetime clamped",
                 r#"{"access_token":"t","expires_in":99999999999}"#,
                 366 * 86400,
+                &["req"],
+            ),
+            // Regression (issue 8.1): these panicked in Duration::from_secs_f64.
+            (
+                "expires_in 1e20 clamped",
+                r#"{"access_token":"x","expires_in":1e20}"#,
+                366 * 86400,
+                &["req"],
+            ),
+            (
+                "expires_in 2^64 clamped",
+                r#"{"access_token":"x","expires_in":18446744073709551616}"#,
+                366 * 86400,
+                &["req"],
+            ),
+            (
+                "expires_in \"1e30\" clamped",
+                r#"{"access_token":"x","expires_in":"1e30"}"#,
+                366 * 86400,
+                &["req"],
+            ),
+            (
+                "access_token with an inner space (VSCHAR allows it)",
+                r#"{"access_token":"a b","expires_in":10}"#,
+                10,
                 &["req"],
             ),
         ];
@@ -432,6 +498,43 @@ mod tests {
             ("truncated JSON", 200, r#"{"access_token":"t""#, |e| {
                 matches!(e, P::BadResponse { .. })
             }),
+            // Regression (issue 8.2): header injection through a token.
+            (
+                "access_token with CR/LF",
+                200,
+                r#"{"access_token":"A\r\nX-Injected: 1","expires_in":60}"#,
+                |e| matches!(e, P::BadResponse { .. }),
+            ),
+            (
+                "access_token with NUL",
+                200,
+                r#"{"access_token":"A\u0000B"}"#,
+                |e| matches!(e, P::BadResponse { .. }),
+            ),
+            (
+                "access_token non-ASCII",
+                200,
+                r#"{"access_token":"t\u00e9"}"#,
+                |e| matches!(e, P::BadResponse { .. }),
+            ),
+            (
+                "refresh_token with LF",
+                200,
+                r#"{"access_token":"t","refresh_token":"r\nX: y"}"#,
+                |e| matches!(e, P::BadResponse { .. }),
+            ),
+            (
+                "refresh_token a number",
+                200,
+                r#"{"access_token":"t","refresh_token":5}"#,
+                |e| matches!(e, P::BadResponse { .. }),
+            ),
+            (
+                "scope with a control character",
+                200,
+                r#"{"access_token":"t","scope":"a\u0007b"}"#,
+                |e| matches!(e, P::BadResponse { .. }),
+            ),
         ];
         for (case, status, body, check) in cases {
             let err = parse(*status, body).expect_err(case);
