@@ -107,10 +107,10 @@ impl Admin {
         }
     }
 
-    /// Drops the connection's tokens from memory here, and tells the other replicas.
-    async fn retire(&self, key: &ConnectionKey) {
+    /// Drops the connection's tokens from memory here. Other replicas hear of the change
+    /// from the store, which publishes it in the same transaction as the change.
+    fn retire(&self, key: &ConnectionKey) {
         self.cache.retire_connection(key);
-        self.notifier.connection_changed(key).await;
     }
 
     pub async fn create_tenant(
@@ -155,15 +155,32 @@ impl Admin {
         Ok((tenants, next))
     }
 
-    pub async fn delete_tenant(&self, slug: &TenantId) -> Result<()> {
+    /// Revokes every end user's grant at its provider (as `delete_connection` does; a
+    /// failed revocation stops here unless `force`), then deletes the tenant with all it
+    /// holds. Without the revocations, refresh tokens would stay valid at the providers
+    /// with nobody left to revoke them.
+    pub async fn delete_tenant(&self, slug: &TenantId, force: bool) -> Result<Revoked> {
         let connections = self.all_connections(slug).await?;
-        if !self.store.delete_tenant(slug).await? {
+        let mut revoked = Revoked::default();
+        for c in &connections {
+            let r = self.grants.revoke_all(c, force).await?;
+            revoked.at_provider += r.at_provider;
+            revoked.locally += r.locally;
+            if !r.warning.is_empty() {
+                revoked.warning = r.warning;
+            }
+        }
+        if !self
+            .store
+            .delete_tenant(slug, self.notifier.replica())
+            .await?
+        {
             return Err(Error::TenantNotFound(slug.to_string()));
         }
         for c in connections {
-            self.retire(&c.key()).await;
+            self.retire(&c.key());
         }
-        Ok(())
+        Ok(revoked)
     }
 
     async fn all_connections(&self, tenant: &TenantId) -> Result<Vec<ConnectionRecord>> {
@@ -268,11 +285,15 @@ impl Admin {
             };
             match self
                 .store
-                .put_connection(&record, existing.as_ref().map(|c| c.version))
+                .put_connection(
+                    &record,
+                    existing.as_ref().map(|c| c.version),
+                    &self.notifier.connection_changed(&put.key),
+                )
                 .await
             {
                 Ok(()) => {
-                    self.retire(&put.key).await;
+                    self.retire(&put.key);
                     return Ok(view(record, put.settings, effective));
                 }
                 Err(StoreError::Conflict | StoreError::AlreadyExists) => continue,
@@ -333,10 +354,14 @@ impl Admin {
     pub async fn delete_connection(&self, key: &ConnectionKey, force: bool) -> Result<Revoked> {
         let conn = load_connection_of(self.store.as_ref(), key).await?;
         let revoked = self.grants.revoke_all(&conn, force).await?;
-        if !self.store.delete_connection(key).await? {
+        if !self
+            .store
+            .delete_connection(key, &self.notifier.connection_changed(key))
+            .await?
+        {
             return Err(self.not_found(key).await);
         }
-        self.retire(key).await;
+        self.retire(key);
         Ok(revoked)
     }
 
@@ -388,7 +413,15 @@ impl Admin {
             updated_at: self.clock.now(),
             ..conn.clone()
         };
-        match self.store.put_connection(&record, Some(conn.version)).await {
+        match self
+            .store
+            .put_connection(
+                &record,
+                Some(conn.version),
+                &self.notifier.connection_changed(key),
+            )
+            .await
+        {
             Ok(()) => {}
             Err(StoreError::Conflict) => {
                 return Err(Error::Aborted(
@@ -397,7 +430,7 @@ impl Admin {
             }
             Err(e) => return Err(e.into()),
         }
-        self.retire(key).await;
+        self.retire(key);
         tracing::info!(tenant = %key.tenant, provider = %key.provider, version = record.version, "client secret rotated");
         self.to_view(record)
     }

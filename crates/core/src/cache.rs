@@ -89,10 +89,23 @@ impl CachedToken {
     }
 }
 
+/// What a fetch remembers before it reads a connection's settings: the connection's epoch
+/// and the cache-wide one (bumped by `retire_all`, which must also fence connections that
+/// had no entry yet).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Epoch {
+    all: u64,
+    connection: u64,
+}
+
 #[derive(Default)]
 pub struct TokenCache {
     tokens: DashMap<TokenKey, Arc<CachedToken>>,
     epochs: DashMap<ConnectionKey, u64>,
+    /// Bumped by `retire_all`. A std `RwLock`, not an atomic: an insert holds it shared from
+    /// its check to its insert, so a `retire_all` (exclusive) can never fall in between.
+    /// Never held across an await; the hit path does not touch it.
+    all: std::sync::RwLock<u64>,
 }
 
 impl TokenCache {
@@ -107,19 +120,29 @@ impl TokenCache {
     }
 
     /// The connection's current epoch; a fetch remembers it before reading settings.
-    pub fn epoch(&self, conn: &ConnectionKey) -> u64 {
-        self.epochs.get(conn).map(|e| *e).unwrap_or(0)
+    pub fn epoch(&self, conn: &ConnectionKey) -> Epoch {
+        let all = *self.all.read().unwrap_or_else(|p| p.into_inner());
+        Epoch {
+            all,
+            connection: self.epochs.get(conn).map(|e| *e).unwrap_or(0),
+        }
     }
 
-    /// Inserts unless the connection changed since `epoch` was read. Returns whether it did.
-    pub fn insert_if_current(&self, key: TokenKey, token: Arc<CachedToken>, epoch: u64) -> bool {
+    /// Inserts unless the connection (or the whole cache) was retired since `epoch` was
+    /// read. Returns whether it did.
+    pub fn insert_if_current(&self, key: TokenKey, token: Arc<CachedToken>, epoch: Epoch) -> bool {
+        let all = self.all.read().unwrap_or_else(|p| p.into_inner());
+        if *all != epoch.all {
+            return false;
+        }
         let conn = key.connection();
         let guard = self.epochs.entry(conn).or_insert(0);
-        if *guard != epoch {
+        if *guard != epoch.connection {
             return false;
         }
         self.tokens.insert(key, token);
         drop(guard);
+        drop(all);
         true
     }
 
@@ -143,10 +166,10 @@ impl TokenCache {
     /// Forgets everything (the change feed had a gap): tokens reload from the store, and
     /// fetches that started before cannot insert.
     pub fn retire_all(&self) {
-        for mut e in self.epochs.iter_mut() {
-            *e.value_mut() += 1;
-        }
+        let mut all = self.all.write().unwrap_or_else(|p| p.into_inner());
+        *all += 1;
         self.tokens.clear();
+        drop(all);
     }
 
     /// Drops one token (e.g. after a new authorization or a refused refresh).
@@ -247,5 +270,20 @@ mod tests {
         assert!(!cache.insert_if_current(a.clone(), token(exp), ea));
         assert!(cache.get(&a).is_none());
         assert!(cache.insert_if_current(a.clone(), token(exp), cache.epoch(&a.connection())));
+    }
+
+    /// Regression (issue 8.5): `retire_all` bumped only the epochs of connections seen
+    /// before, so a fetch for a never-cached connection that started before a resync could
+    /// still insert what it read before the gap.
+    #[test]
+    fn retire_all_fences_connections_never_seen() {
+        let cache = TokenCache::new();
+        let k = key("fresh");
+        let before = cache.epoch(&k.connection());
+        cache.retire_all();
+        assert!(!cache.insert_if_current(k.clone(), token(datetime!(2030-01-01 0:00 UTC)), before));
+        assert!(cache.get(&k).is_none());
+        let after = cache.epoch(&k.connection());
+        assert!(cache.insert_if_current(k.clone(), token(datetime!(2030-01-01 0:00 UTC)), after));
     }
 }

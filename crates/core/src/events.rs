@@ -16,18 +16,18 @@ use crate::{
     store::{Published, Store, StoreEvent},
 };
 
-/// Publishes this replica's changes. Failures are logged, not returned: the change itself
-/// is already committed, and other replicas re-check on their poll interval.
+/// Builds the events this replica's changes publish. The store sends each one in the same
+/// transaction as the change it announces (PostgreSQL `pg_notify`), so a committed change
+/// is never announced late or lost while a replica listens, and a replica that was not
+/// listening resyncs when it listens again.
 #[derive(Clone)]
 pub struct Notifier {
-    store: Arc<dyn Store>,
     replica: Arc<str>,
 }
 
 impl Notifier {
-    pub fn new(store: Arc<dyn Store>, replica: impl Into<Arc<str>>) -> Self {
+    pub fn new(replica: impl Into<Arc<str>>) -> Self {
         Self {
-            store,
             replica: replica.into(),
         }
     }
@@ -36,40 +36,34 @@ impl Notifier {
         &self.replica
     }
 
-    async fn publish(&self, event: StoreEvent) {
-        let published = Published {
+    fn event(&self, event: StoreEvent) -> Published {
+        Published {
             origin: self.replica.to_string(),
             event,
-        };
-        if let Err(e) = self.store.publish(&published).await {
-            tracing::warn!(error = %e, event = ?published.event, "could not notify other replicas");
         }
     }
 
-    pub async fn connection_changed(&self, key: &ConnectionKey) {
-        self.publish(StoreEvent::ConnectionChanged {
+    pub fn connection_changed(&self, key: &ConnectionKey) -> Published {
+        self.event(StoreEvent::ConnectionChanged {
             tenant: key.tenant.to_string(),
             provider: key.provider.to_string(),
         })
-        .await;
     }
 
-    pub async fn token_invalidated(&self, key: &TokenKey) {
-        self.publish(StoreEvent::TokenInvalidated {
+    pub fn token_invalidated(&self, key: &TokenKey) -> Published {
+        self.event(StoreEvent::TokenInvalidated {
             tenant: key.tenant.to_string(),
             provider: key.provider.to_string(),
             subject: key.subject.to_string(),
         })
-        .await;
     }
 
-    pub async fn lease_ended(&self, key: &TokenKey) {
-        self.publish(StoreEvent::LeaseEnded {
+    pub fn lease_ended(&self, key: &TokenKey) -> Published {
+        self.event(StoreEvent::LeaseEnded {
             tenant: key.tenant.to_string(),
             provider: key.provider.to_string(),
             subject: key.subject.to_string(),
         })
-        .await;
     }
 }
 

@@ -248,6 +248,8 @@ impl Grants {
             .envelope
             .decrypt_string(pending_aad(pending.id), &pending.code_verifier)
             .await?;
+        // The provider's clock for `expires_in` starts when it receives the request.
+        let sent_at = self.clock.now();
         let response = self
             .client
             .fetch(&TokenRequest {
@@ -287,8 +289,7 @@ impl Grants {
             None => None,
         };
         let scopes = response.scopes.clone();
-        let (token, _, _) =
-            token_record(&self.envelope, self.clock.as_ref(), &conn, &key, response).await?;
+        let (token, _, _) = token_record(&self.envelope, sent_at, &conn, &key, response).await?;
         let grant = GrantRecord {
             id,
             connection_id: conn.id,
@@ -296,14 +297,29 @@ impl Grants {
             refresh_token,
             scopes,
             status: GrantStatus::Active,
+            // A new version fences any refresh of the old chain still in flight.
+            version: existing.as_ref().map(|g| g.version + 1).unwrap_or(1),
             created_at: existing.as_ref().map(|g| g.created_at).unwrap_or(now),
             updated_at: now,
         };
+        // Every replica drops the connection's tokens from memory (the whole connection, so
+        // a refresh of the old chain that finished just before cannot re-insert its token
+        // afterwards: the connection's epoch fences it).
         self.store
-            .put_grant(&grant, existing.is_some(), Some(&token))
-            .await?;
-        self.cache.remove(&key);
-        self.notifier.token_invalidated(&key).await;
+            .put_grant(
+                &grant,
+                existing.is_some(),
+                Some(&token),
+                &self.notifier.connection_changed(&conn.key()),
+            )
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict => Error::Aborted(
+                    "another authorization of this subject completed at the same time",
+                ),
+                other => other.into(),
+            })?;
+        self.cache.retire_connection(&conn.key());
         tracing::info!(tenant = %conn.tenant, provider = %conn.provider, subject = %pending.subject, "authorization completed");
         Ok(GrantView {
             tenant: conn.tenant,
@@ -432,14 +448,17 @@ impl Grants {
                 done.warning = "the provider has no revocation URL (or no refresh token was issued): deleted locally only".into();
             }
         }
-        self.store.delete_grant(conn.id, &grant.subject).await?;
-        let key = TokenKey {
-            tenant: conn.tenant.clone(),
-            provider: conn.provider.clone(),
-            subject: Subject::parse(grant.subject.clone())?,
-        };
-        self.cache.remove(&key);
-        self.notifier.token_invalidated(&key).await;
+        // Deleting the grant fences a refresh in flight (its write checks the grant's
+        // version); dropping the connection's tokens from memory everywhere fences one that
+        // wrote just before.
+        self.store
+            .delete_grant(
+                conn.id,
+                &grant.subject,
+                &self.notifier.connection_changed(&conn.key()),
+            )
+            .await?;
+        self.cache.retire_connection(&conn.key());
         tracing::info!(tenant = %conn.tenant, provider = %conn.provider, subject = %grant.subject, "grant revoked");
         Ok(())
     }

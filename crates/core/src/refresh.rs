@@ -5,17 +5,25 @@
 //!    is answered again without asking the provider.
 //! 3. The key's refresh lease (one holder fleet-wide, fenced by a generation, on the
 //!    database's clock). Without it: wait for the holder's `LeaseEnded` (or poll), re-check.
-//! 4. Under the lease: re-read the store (someone may just have finished), then call the
-//!    provider, then write fenced and tell the others.
+//! 4. Under the lease: re-read the store (someone may just have finished), read the grant,
+//!    call the provider, then write fenced and tell the others (in the same transaction).
+//!
+//! Leases are short and alive: the holder renews its lease every `lease_ttl / 3` while it
+//! works (a heartbeat task), so a holder that dies — `kill -9`, a lost node — stops renewing
+//! and its lease lapses within `lease_ttl`; a waiter then takes it over and is served.
 //!
 //! Refresh tokens need more care than client credentials: re-sending one whose outcome is
 //! unknown can make the provider revoke the grant (RFC 9700 §4.14.2). So a refresh is sent
-//! only by the lease holder, only with enough lease left for the request, and only after
-//! recording "attempt in flight" under the lease's generation. Its result is written while
-//! that attempt is still the recorded one, even after a takeover — the provider has already
-//! rotated the token. A holder that finds an attempt nobody finished (its replica died)
-//! cannot know whether that refresh token was consumed: it tries it once; `invalid_grant`
-//! then marks the grant for re-authorization, which is never retried in a loop.
+//! only by the lease holder, after recording "attempt in flight" under the lease's
+//! generation with the attempt's own deadline in database time (the request timeout plus a
+//! margin). Nobody can take the lease while that deadline runs, so the attempt is never
+//! in flight twice. Its result is written while that attempt is still the recorded one,
+//! even after a takeover — the provider has already rotated the token — and only while the
+//! grant's version is the one read under the lease, so a revoked or re-authorized grant is
+//! never overwritten by the old chain. A holder that finds an attempt nobody finished (its
+//! replica died) after that deadline cannot know whether the refresh token was consumed:
+//! it tries it once; `invalid_grant` then marks the grant for re-authorization, which is
+//! never retried in a loop.
 
 use std::{sync::Arc, time::Duration};
 
@@ -24,16 +32,15 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::{
-    cache::CachedToken,
-    clock::Clock,
+    cache::{CachedToken, Epoch},
     connection::{ConnectionSettings, Effective, EndpointPolicy},
     crypto::{Aad, Envelope},
     error::{Error, Result},
     ids::{ConnectionKey, TokenKey},
     oauth::{ClientCredentials, Grant, ProviderError, TokenRequest, TokenResponse},
     store::{
-        ConnectionRecord, GrantRecord, GrantStatus, Lease, LeaseEnd, LeaseWrite, Store, StoreError,
-        TokenRecord,
+        ConnectionRecord, GrantRecord, GrantStatus, GrantWrite, Lease, LeaseEnd, LeaseWrite, Store,
+        StoreError, TokenRecord,
     },
     vend::Inner,
 };
@@ -41,7 +48,7 @@ use crate::{
 pub(crate) const CONNECTIONS: &str = "connections";
 pub(crate) const TOKENS: &str = "tokens";
 
-/// Margin kept between the end of the lease and the end of a refresh request.
+/// Margin kept between the end of a refresh attempt's deadline and the end of its request.
 const LEASE_MARGIN: Duration = Duration::from_secs(1);
 
 pub(crate) async fn fetch(
@@ -73,11 +80,11 @@ pub(crate) async fn fetch(
     }
 
     let effective = effective_of(&conn, inner.config.policy)?;
-    let grant = if key.subject.is_client() {
-        None
-    } else {
-        Some(active_grant(inner.store.as_ref(), &conn, &key).await?)
-    };
+    if !key.subject.is_client() {
+        // A cheap early answer for an unknown or dead grant (and no lease row for a subject
+        // that does not exist). The grant used for the refresh is read again under the lease.
+        active_grant(inner.store.as_ref(), &conn, &key).await?;
+    }
 
     let give_up = tokio::time::Instant::now() + inner.config.max_wait;
     let wake = inner.waiters.handle(&key);
@@ -111,17 +118,18 @@ pub(crate) async fn fetch(
             )
             .await?;
         if let Some(lease) = lease {
-            return under_lease(
+            let held = Held {
                 inner,
-                &key,
-                &conn,
-                &effective,
-                grant.as_ref(),
+                key: &key,
+                conn: &conn,
                 lease,
-                epoch,
-                min_ttl,
-            )
-            .await;
+            };
+            match held.run(&effective, epoch, min_ttl).await? {
+                Some(token) => return Ok(token),
+                // The grant changed under the refresh: look again (its new token, or the
+                // answer that it is gone).
+                None => continue,
+            }
         }
         if tokio::time::Instant::now() >= give_up {
             return Err(ProviderError::Unavailable {
@@ -132,7 +140,7 @@ pub(crate) async fn fetch(
             .into());
         }
         // Woken by the holder's LeaseEnded, or poll: a notification can be lost while the
-        // listener reconnects.
+        // listener reconnects, and a dead holder sends none (its lease lapses instead).
         let _ = tokio::time::timeout(inner.config.poll_interval, woken).await;
     }
 }
@@ -163,246 +171,352 @@ async fn active_grant(
 enum Found {
     /// Another holder finished just before we took the lease.
     Stored(Arc<CachedToken>),
-    Fetched(Fetched),
+    Fetched(Box<Fetched>),
 }
 
 struct Fetched {
     record: TokenRecord,
     token: Arc<CachedToken>,
-    rotated_refresh_token: Option<Vec<u8>>,
+    /// For an end user's grant: the grant as read under the lease, and the rotated refresh
+    /// token (encrypted) if the provider sent one.
+    grant: Option<(GrantRecord, Option<Vec<u8>>)>,
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn under_lease(
-    inner: &Inner,
-    key: &TokenKey,
-    conn: &ConnectionRecord,
-    effective: &Effective,
-    grant: Option<&GrantRecord>,
-    lease: Lease,
-    epoch: u64,
-    min_ttl: Duration,
-) -> Result<Arc<CachedToken>> {
-    let taken = tokio::time::Instant::now();
-    let subject = key.subject.as_str();
-    let result = async {
-        // Someone may have finished just before we took the lease.
-        if let Some(token) = stored_token(inner, conn, key, min_ttl).await? {
-            return Ok(Found::Stored(token));
-        }
-        call_provider(inner, key, conn, effective, grant, lease, taken)
-            .await
-            .map(Found::Fetched)
-    }
-    .await;
-
-    let token = match result {
-        Ok(Found::Stored(token)) => {
-            inner
-                .store
-                .finish_lease(conn.id, subject, lease.generation, LeaseEnd::Released)
-                .await?;
-            token
-        }
-        Ok(Found::Fetched(fetched)) => {
-            let written = inner
-                .store
-                .finish_lease(
-                    conn.id,
-                    subject,
-                    lease.generation,
-                    LeaseEnd::Token {
-                        token: &fetched.record,
-                        grant: grant.map(|g| (g.id, fetched.rotated_refresh_token.as_deref())),
-                    },
-                )
-                .await;
-            match written {
-                Ok(LeaseWrite::Written) => {}
-                Ok(LeaseWrite::Fenced) => tracing::warn!(
-                    "the refresh lease was taken over while we fetched; the newer holder's token stays stored"
-                ),
-                // A rotated refresh token that could not be stored would be lost with the
-                // grant: do not hand out its access token as if all were well.
-                Err(e) if grant.is_some() => return Err(e.into()),
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not store the fetched token; serving it from memory only")
-                }
-            }
-            fetched.token
-        }
-        Err(e) => {
-            let (definitive, outcome_known) = classify(&e, grant.is_some());
-            let until = definitive.then(|| inner.clock.now() + inner.config.negative_ttl);
-            let error = match &e {
-                Error::Provider(p) => serde_json::to_string(p).unwrap_or_default(),
-                _ => String::new(),
-            };
-            if let Err(store_err) = inner
-                .store
-                .finish_lease(
-                    conn.id,
-                    subject,
-                    lease.generation,
-                    LeaseEnd::Failed {
-                        error: &error,
-                        connection_version: conn.version,
-                        until: until.filter(|_| !error.is_empty()),
-                        outcome_known,
-                    },
-                )
-                .await
-            {
-                tracing::warn!(error = %store_err, "could not record the failed refresh");
-            }
-            inner.notifier.lease_ended(key).await;
-            return Err(e);
-        }
-    };
-    inner.notifier.lease_ended(key).await;
-    inner
-        .cache
-        .insert_if_current(key.clone(), token.clone(), epoch);
-    Ok(token)
+/// How a failed provider call is remembered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Classified {
+    /// A definitive answer every replica may repeat for a while (negative cache).
+    remember: bool,
+    /// Whether we know what the request did at the provider. Unknown (a timeout, a 5xx, an
+    /// unreadable 2xx after a refresh) leaves the refresh attempt recorded as unfinished.
+    outcome_known: bool,
 }
 
-/// (remember it briefly for every replica, the request's outcome is known).
-fn classify(e: &Error, refresh_grant: bool) -> (bool, bool) {
+fn classify(e: &Error, refresh_grant: bool) -> Classified {
     match e {
         Error::Provider(p) => match p {
             ProviderError::OAuth { .. }
             | ProviderError::Rejected { .. }
-            | ProviderError::Refused { .. }
-            | ProviderError::BadResponse { .. } => (true, true),
+            | ProviderError::Refused { .. } => Classified {
+                remember: true,
+                outcome_known: true,
+            },
+            // A 2xx we could not read may still have rotated the refresh token.
+            ProviderError::BadResponse { .. } => Classified {
+                remember: true,
+                outcome_known: !refresh_grant,
+            },
             // A timeout or 5xx may have consumed a refresh token: outcome unknown.
-            ProviderError::Unavailable { never_sent, .. } => (false, !refresh_grant || *never_sent),
+            ProviderError::Unavailable { never_sent, .. } => Classified {
+                remember: false,
+                outcome_known: !refresh_grant || *never_sent,
+            },
         },
-        _ => (false, true),
+        _ => Classified {
+            remember: false,
+            outcome_known: true,
+        },
     }
 }
 
-async fn call_provider(
-    inner: &Inner,
-    key: &TokenKey,
-    conn: &ConnectionRecord,
-    effective: &Effective,
-    grant: Option<&GrantRecord>,
+/// Renews a lease until dropped. A task of its own, so the lease stays alive while the
+/// holder awaits the provider, and dies with the holder: dropping the guard (the fetch
+/// finished, failed, panicked or was cancelled) aborts it, and a dead process renews
+/// nothing, so its lease lapses within `lease_ttl`.
+struct Heartbeat(tokio::task::JoinHandle<()>);
+
+impl Heartbeat {
+    fn start(inner: &Inner, conn: uuid::Uuid, subject: &str, generation: i64) -> Self {
+        let store = inner.store.clone();
+        let ttl = inner.config.lease_ttl;
+        let every = inner.config.heartbeat_interval();
+        let subject = subject.to_owned();
+        Self(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await; // the first tick is immediate; the lease was just taken
+            loop {
+                tick.tick().await;
+                match store.renew_lease(conn, &subject, generation, ttl).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(
+                            "lost the refresh lease while working (another replica took it over); our result will only be written if it is still wanted"
+                        );
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not renew the refresh lease; retrying")
+                    }
+                }
+            }
+        }))
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A lease this replica holds, and what it is for.
+struct Held<'a> {
+    inner: &'a Inner,
+    key: &'a TokenKey,
+    conn: &'a ConnectionRecord,
     lease: Lease,
-    taken: tokio::time::Instant,
-) -> Result<Fetched> {
-    let token_url = effective
-        .token_url
-        .as_ref()
-        .ok_or_else(|| missing(conn, "token_url"))?;
-    let client_secret = client_secret_of(&inner.envelope, conn).await?;
+}
 
-    let Some(grant) = grant else {
-        let response = inner
-            .client
-            .fetch(&client_credentials_request(
-                effective,
-                token_url,
-                &client_secret,
-            ))
-            .await?;
-        let (record, token) = record_token(inner, conn, key, response).await?;
-        tracing::info!("fetched a token from the provider");
-        return Ok(Fetched {
-            record,
-            token,
-            rotated_refresh_token: None,
-        });
-    };
-
-    let Some(rt_ct) = &grant.refresh_token else {
-        return Err(reauthorize(
-            key,
-            "the provider issued no refresh token and the access token expired",
-        ));
-    };
-    if lease.unfinished_attempt {
-        tracing::warn!(subject = %key.subject, "an earlier refresh of this grant never finished; trying the stored refresh token once");
-    }
-    // Send only with enough lease left for the whole request.
-    let left = inner.config.lease_ttl.saturating_sub(taken.elapsed());
-    if left < inner.config.request_timeout + LEASE_MARGIN {
-        return Err(ProviderError::Unavailable {
-            reason: "the refresh lease ran short before the request could be sent".into(),
-            retry_after: Some(Duration::from_secs(1)),
-            never_sent: true,
+impl Held<'_> {
+    /// Fetches under the lease and ends it. `None`: the grant was revoked or re-authorized
+    /// while we refreshed it; nothing was written.
+    async fn run(
+        &self,
+        effective: &Effective,
+        epoch: Epoch,
+        min_ttl: Duration,
+    ) -> Result<Option<Arc<CachedToken>>> {
+        let (inner, key, conn) = (self.inner, self.key, self.conn);
+        let subject = key.subject.as_str();
+        let generation = self.lease.generation;
+        let heartbeat = Heartbeat::start(inner, conn.id, subject, generation);
+        let result = async {
+            // Someone may have finished just before we took the lease.
+            if let Some(token) = stored_token(inner, conn, key, min_ttl).await? {
+                return Ok(Found::Stored(token));
+            }
+            // Read under the lease: another replica may have rotated the refresh token
+            // since we first looked, and the consumed one must never be sent.
+            let grant = match key.subject.is_client() {
+                true => None,
+                false => Some(active_grant(inner.store.as_ref(), conn, key).await?),
+            };
+            self.call_provider(effective, grant)
+                .await
+                .map(|f| Found::Fetched(Box::new(f)))
         }
-        .into());
-    }
-    if !inner
-        .store
-        .mark_refresh_attempt(conn.id, key.subject.as_str(), lease.generation)
-        .await?
-    {
-        return Err(ProviderError::Unavailable {
-            reason: "the refresh lease was lost before the request could be sent".into(),
-            retry_after: Some(Duration::from_secs(1)),
-            never_sent: true,
-        }
-        .into());
-    }
-    let refresh_token = inner
-        .envelope
-        .decrypt_string(grant_aad(grant.id), rt_ct)
-        .await?;
-    let response = inner
-        .client
-        .fetch(&TokenRequest {
-            token_url,
-            credentials: ClientCredentials {
-                auth: effective.user_grant_client_auth,
-                client_id: &effective.client_id,
-                client_secret: &client_secret,
-            },
-            grant: Grant::RefreshToken(&refresh_token),
-            scopes: &grant.scopes,
-            audience: None,
-            extra_params: &effective.extra_params,
-            default_expires_in: effective.default_expires_in,
-        })
         .await;
-    let response = match response {
-        Err(ProviderError::OAuth { code, .. }) if code == "invalid_grant" => {
-            inner
-                .store
-                .set_grant_status(
-                    grant.id,
-                    GrantStatus::ReauthorizationRequired,
-                    inner.clock.now(),
-                )
+        drop(heartbeat);
+        let ended = inner.notifier.lease_ended(key);
+
+        let token = match result {
+            Ok(Found::Stored(token)) => {
+                inner
+                    .store
+                    .finish_lease(conn.id, subject, generation, LeaseEnd::Released, &ended)
+                    .await?;
+                token
+            }
+            Ok(Found::Fetched(fetched)) => {
+                let grant = fetched.grant.as_ref().map(|(g, rt)| GrantWrite {
+                    id: g.id,
+                    version: g.version,
+                    refresh_token: rt.as_deref(),
+                });
+                let end = LeaseEnd::Token {
+                    token: &fetched.record,
+                    grant,
+                };
+                match inner
+                    .store
+                    .finish_lease(conn.id, subject, generation, end, &ended)
+                    .await
+                {
+                    Ok(LeaseWrite::Written) => {}
+                    Ok(LeaseWrite::Fenced) if grant.is_some_and(|g| g.refresh_token.is_some()) => {
+                        tracing::error!(
+                            "a rotated refresh token arrived after its attempt deadline and another replica already resolved the attempt; it is lost, and the end user may have to authorize again"
+                        );
+                    }
+                    Ok(LeaseWrite::Fenced) => tracing::warn!(
+                        "the refresh lease was taken over while we fetched; the newer holder's token stays stored"
+                    ),
+                    Ok(LeaseWrite::GrantChanged) => {
+                        tracing::info!(
+                            "the grant was revoked or re-authorized during its refresh; the refreshed token is discarded"
+                        );
+                        return Ok(None);
+                    }
+                    // A rotated refresh token that could not be stored would be lost with the
+                    // grant: do not hand out its access token as if all were well.
+                    Err(e) if grant.is_some() => return Err(e.into()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not store the fetched token; serving it from memory only")
+                    }
+                }
+                fetched.token
+            }
+            Err(e) => {
+                let class = classify(&e, !key.subject.is_client());
+                let until = class
+                    .remember
+                    .then(|| inner.clock.now() + inner.config.negative_ttl);
+                let error = match &e {
+                    Error::Provider(p) => serde_json::to_string(p).unwrap_or_default(),
+                    _ => String::new(),
+                };
+                let failed = LeaseEnd::Failed {
+                    error: &error,
+                    connection_version: conn.version,
+                    until: until.filter(|_| !error.is_empty()),
+                    outcome_known: class.outcome_known,
+                };
+                if let Err(store_err) = inner
+                    .store
+                    .finish_lease(conn.id, subject, generation, failed, &ended)
+                    .await
+                {
+                    tracing::warn!(error = %store_err, "could not record the failed refresh");
+                }
+                return Err(e);
+            }
+        };
+        inner
+            .cache
+            .insert_if_current(key.clone(), token.clone(), epoch);
+        Ok(Some(token))
+    }
+
+    async fn call_provider(
+        &self,
+        effective: &Effective,
+        grant: Option<GrantRecord>,
+    ) -> Result<Fetched> {
+        let (inner, key, conn) = (self.inner, self.key, self.conn);
+        let token_url = effective
+            .token_url
+            .as_ref()
+            .ok_or_else(|| missing(conn, "token_url"))?;
+        let client_secret = client_secret_of(&inner.envelope, conn).await?;
+
+        let Some(grant) = grant else {
+            // The provider's clock starts when it receives the request: count from before.
+            let sent_at = inner.clock.now();
+            let response = inner
+                .client
+                .fetch(&client_credentials_request(
+                    effective,
+                    token_url,
+                    &client_secret,
+                ))
                 .await?;
-            inner.cache.remove(key);
-            tracing::warn!(subject = %key.subject, "refresh token rejected (invalid_grant): the end user must authorize again");
+            let (record, token) = record_token(inner, conn, key, sent_at, response).await?;
+            tracing::info!("fetched a token from the provider");
+            return Ok(Fetched {
+                record,
+                token,
+                grant: None,
+            });
+        };
+
+        let Some(rt_ct) = &grant.refresh_token else {
             return Err(reauthorize(
                 key,
-                "the provider rejected the refresh token (invalid_grant)",
+                "the provider issued no refresh token and the access token expired",
             ));
+        };
+        if self.lease.unfinished_attempt {
+            tracing::warn!(subject = %key.subject, "an earlier refresh of this grant never finished; trying the stored refresh token once");
         }
-        other => other?,
-    };
-    let rotated_refresh_token = match &response.refresh_token {
-        Some(rt) => Some(
-            inner
-                .envelope
-                .encrypt(grant_aad(grant.id), rt.expose_secret().as_bytes())
-                .await?,
-        ),
-        None => None,
-    };
-    let (record, token) = record_token(inner, conn, key, response).await?;
-    tracing::info!(
-        rotated = rotated_refresh_token.is_some(),
-        "refreshed an end-user token"
-    );
-    Ok(Fetched {
-        record,
-        token,
-        rotated_refresh_token,
-    })
+        // Record the attempt with its own deadline, then send only if the deadline still
+        // covers the whole request: the time the mark itself took is subtracted.
+        let marking = tokio::time::Instant::now();
+        let Some(mark) = inner
+            .store
+            .mark_refresh_attempt(
+                conn.id,
+                key.subject.as_str(),
+                self.lease.generation,
+                inner.config.attempt_ttl(),
+            )
+            .await?
+        else {
+            return Err(ProviderError::Unavailable {
+                reason: "the refresh lease was lost before the request could be sent".into(),
+                retry_after: Some(Duration::from_secs(1)),
+                never_sent: true,
+            }
+            .into());
+        };
+        let left = mark.deadline_in.saturating_sub(marking.elapsed());
+        if left < inner.config.request_timeout + LEASE_MARGIN {
+            return Err(ProviderError::Unavailable {
+                reason: "the database answered too slowly to send the refresh within its deadline"
+                    .into(),
+                retry_after: Some(Duration::from_secs(1)),
+                never_sent: true,
+            }
+            .into());
+        }
+        let refresh_token = inner
+            .envelope
+            .decrypt_string(grant_aad(grant.id), rt_ct)
+            .await?;
+        let sent_at = inner.clock.now();
+        let response = inner
+            .client
+            .fetch(&TokenRequest {
+                token_url,
+                credentials: ClientCredentials {
+                    auth: effective.user_grant_client_auth,
+                    client_id: &effective.client_id,
+                    client_secret: &client_secret,
+                },
+                grant: Grant::RefreshToken(&refresh_token),
+                scopes: &grant.scopes,
+                audience: None,
+                extra_params: &effective.extra_params,
+                default_expires_in: effective.default_expires_in,
+            })
+            .await;
+        let response = match response {
+            Err(ProviderError::OAuth { code, .. }) if code == "invalid_grant" => {
+                let marked = inner
+                    .store
+                    .set_grant_status(
+                        grant.id,
+                        grant.version,
+                        GrantStatus::ReauthorizationRequired,
+                        inner.clock.now(),
+                    )
+                    .await?;
+                if !marked {
+                    // The end user authorized again meanwhile: the refused token was the old
+                    // chain's, and the new grant is fine.
+                    return Err(Error::Aborted(
+                        "the grant was re-authorized while its old refresh token was refused",
+                    ));
+                }
+                inner.cache.remove(key);
+                tracing::warn!(subject = %key.subject, "refresh token rejected (invalid_grant): the end user must authorize again");
+                return Err(reauthorize(
+                    key,
+                    "the provider rejected the refresh token (invalid_grant)",
+                ));
+            }
+            other => other?,
+        };
+        let rotated_refresh_token = match &response.refresh_token {
+            Some(rt) => Some(
+                inner
+                    .envelope
+                    .encrypt(grant_aad(grant.id), rt.expose_secret().as_bytes())
+                    .await?,
+            ),
+            None => None,
+        };
+        let (record, token) = record_token(inner, conn, key, sent_at, response).await?;
+        tracing::info!(
+            rotated = rotated_refresh_token.is_some(),
+            "refreshed an end-user token"
+        );
+        Ok(Fetched {
+            record,
+            token,
+            grant: Some((grant, rotated_refresh_token)),
+        })
+    }
 }
 
 fn reauthorize(key: &TokenKey, detail: &'static str) -> Error {
@@ -452,10 +566,11 @@ async fn record_token(
     inner: &Inner,
     conn: &ConnectionRecord,
     key: &TokenKey,
+    sent_at: OffsetDateTime,
     response: TokenResponse,
 ) -> Result<(TokenRecord, Arc<CachedToken>)> {
     let (record, expires_in, response) =
-        token_record(&inner.envelope, inner.clock.as_ref(), conn, key, response).await?;
+        token_record(&inner.envelope, sent_at, conn, key, response).await?;
     let token = Arc::new(CachedToken::new(
         response.access_token,
         Some(record.expires_at),
@@ -468,18 +583,20 @@ async fn record_token(
 }
 
 /// A provider's answer as a storable (encrypted) record. Shared with the code exchange.
+/// `sent_at` is when the request left: the provider's `expires_in` counts from when it
+/// received it, so counting from the answer's arrival would overstate the lifetime by the
+/// round trip (and by every retry).
 pub(crate) async fn token_record(
     envelope: &Envelope,
-    clock: &dyn Clock,
+    sent_at: OffsetDateTime,
     conn: &ConnectionRecord,
     key: &TokenKey,
     response: TokenResponse,
 ) -> Result<(TokenRecord, Duration, TokenResponse)> {
     // Microsecond precision, as both databases store it: memory and store then agree.
-    let now: OffsetDateTime = clock.now();
-    let fetched_at = now
-        .replace_nanosecond(now.nanosecond() / 1000 * 1000)
-        .unwrap_or(now);
+    let fetched_at = sent_at
+        .replace_nanosecond(sent_at.nanosecond() / 1000 * 1000)
+        .unwrap_or(sent_at);
     let plaintext = response.access_token.expose_secret().as_bytes();
     let record = TokenRecord {
         connection_id: conn.id,

@@ -166,6 +166,10 @@ pub struct GrantRecord {
     pub refresh_token: Option<Vec<u8>>,
     pub scopes: Vec<String>,
     pub status: GrantStatus,
+    /// Bumped by every re-authorization; a refresh writes its result only while the version
+    /// it read is current, so a revoked or re-authorized grant is never overwritten by a
+    /// refresh of the old chain.
+    pub version: i64,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
 }
@@ -176,6 +180,7 @@ impl std::fmt::Debug for GrantRecord {
             .field("id", &self.id)
             .field("subject", &self.subject)
             .field("status", &self.status)
+            .field("version", &self.version)
             .finish_non_exhaustive()
     }
 }
@@ -186,8 +191,26 @@ pub struct Lease {
     /// Fencing token: writes under this lease succeed only while it is current.
     pub generation: i64,
     /// A refresh-token request was sent under an earlier generation and its outcome never
-    /// recorded (its holder died or lost the lease mid-request).
+    /// recorded (its holder died or lost the lease mid-request). The lease is only granted
+    /// once that attempt's own deadline has passed, so it can no longer be in flight.
     pub unfinished_attempt: bool,
+}
+
+/// A recorded refresh attempt: sent under `generation`, over by `deadline_in` from the
+/// moment the database recorded it (database time).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttemptMark {
+    pub deadline_in: std::time::Duration,
+}
+
+/// The grant a refresh result belongs to.
+#[derive(Clone, Copy, Debug)]
+pub struct GrantWrite<'a> {
+    pub id: Uuid,
+    /// The version the refresh read under its lease; the write is dropped if it changed.
+    pub version: i64,
+    /// The rotated refresh token, encrypted (None: the provider kept the old one).
+    pub refresh_token: Option<&'a [u8]>,
 }
 
 /// How a lease ends.
@@ -195,7 +218,7 @@ pub enum LeaseEnd<'a> {
     /// A new token (and, for an end user's grant, the rotated refresh token if any).
     Token {
         token: &'a TokenRecord,
-        grant: Option<(Uuid, Option<&'a [u8]>)>,
+        grant: Option<GrantWrite<'a>>,
     },
     /// The provider failed. `definitive` errors are remembered until `until` (a brief
     /// negative cache for every replica); `outcome_known` is false when a refresh request
@@ -216,6 +239,9 @@ pub enum LeaseWrite {
     Written,
     /// The lease was taken over (and no refresh attempt of ours is pending): nothing written.
     Fenced,
+    /// The grant was revoked or re-authorized while the refresh ran: nothing written (the
+    /// token belongs to a chain that no longer exists).
+    GrantChanged,
 }
 
 /// A definitive provider error another replica (or this one) met recently.
@@ -277,8 +303,10 @@ pub trait Store: DataKeyStore {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<TenantRecord>, StoreError>;
-    /// Deletes the tenant and, by cascade, its connections and tokens. False if absent.
-    async fn delete_tenant(&self, slug: &TenantId) -> Result<bool, StoreError>;
+    /// Deletes the tenant and, by cascade, its connections and tokens, and tells every
+    /// replica (a `ConnectionChanged` per connection, from `origin`) in the same
+    /// transaction. False if absent.
+    async fn delete_tenant(&self, slug: &TenantId, origin: &str) -> Result<bool, StoreError>;
 
     async fn get_connection(
         &self,
@@ -293,14 +321,22 @@ pub trait Store: DataKeyStore {
     ) -> Result<Vec<ConnectionRecord>, StoreError>;
     /// Inserts (`expected_version` = None: `AlreadyExists` if the key is taken) or replaces the
     /// row with the same `id` whose version is `expected_version` (else `Conflict`). The record
-    /// carries its new version. `MissingParent` when the tenant row is gone.
+    /// carries its new version. `MissingParent` when the tenant row is gone. `notify` is
+    /// published in the same transaction: a committed change is never missed by a replica
+    /// that is listening (and one that is not resyncs when it listens again).
     async fn put_connection(
         &self,
         record: &ConnectionRecord,
         expected_version: Option<i64>,
+        notify: &Published,
     ) -> Result<(), StoreError>;
-    /// Deletes the connection and its tokens. False if absent.
-    async fn delete_connection(&self, key: &ConnectionKey) -> Result<bool, StoreError>;
+    /// Deletes the connection and its tokens, publishing `notify` in the same transaction.
+    /// False if absent.
+    async fn delete_connection(
+        &self,
+        key: &ConnectionKey,
+        notify: &Published,
+    ) -> Result<bool, StoreError>;
 
     async fn load_token(
         &self,
@@ -312,12 +348,14 @@ pub trait Store: DataKeyStore {
     /// writer never replaces a fresher token.
     async fn save_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
     /// Deletes the token of (connection, subject) only if its SHA-256 is `sha256`: a report
-    /// about a token that was already replaced changes nothing. True if it deleted.
+    /// about a token that was already replaced changes nothing. True if it deleted; then
+    /// `notify` is published in the same transaction.
     async fn invalidate_token(
         &self,
         connection_id: Uuid,
         subject: &str,
         sha256: &[u8],
+        notify: &Published,
     ) -> Result<bool, StoreError>;
 
     async fn insert_pending_authorization(
@@ -349,12 +387,14 @@ pub trait Store: DataKeyStore {
         limit: u32,
     ) -> Result<Vec<GrantRecord>, StoreError>;
     /// Inserts the grant (`AlreadyExists` if the subject has one) or replaces the one with the
-    /// same id, together with its first access token, in one transaction.
+    /// same id whose version is `grant.version - 1` (else `Conflict`), together with its
+    /// first access token and `notify`, in one transaction.
     async fn put_grant(
         &self,
         grant: &GrantRecord,
         replace: bool,
         token: Option<&TokenRecord>,
+        notify: &Published,
     ) -> Result<(), StoreError>;
     /// After a refresh: the rotated refresh token (None: keep the stored one) and the new
     /// access token, committed together so a rotated refresh token is never lost.
@@ -364,17 +404,27 @@ pub trait Store: DataKeyStore {
         refresh_token: Option<&[u8]>,
         token: &TokenRecord,
     ) -> Result<(), StoreError>;
+    /// Sets the status of the grant if it is still at `version` (a refusal of the old
+    /// chain's refresh token must not mark a re-authorized grant). True if it did.
     async fn set_grant_status(
         &self,
         grant_id: Uuid,
+        version: i64,
         status: GrantStatus,
         updated_at: OffsetDateTime,
-    ) -> Result<(), StoreError>;
-    /// Deletes the grant and its cached token. False if absent.
-    async fn delete_grant(&self, connection_id: Uuid, subject: &str) -> Result<bool, StoreError>;
+    ) -> Result<bool, StoreError>;
+    /// Deletes the grant and its cached token, publishing `notify` in the same
+    /// transaction. False if absent.
+    async fn delete_grant(
+        &self,
+        connection_id: Uuid,
+        subject: &str,
+        notify: &Published,
+    ) -> Result<bool, StoreError>;
 
     /// Takes the refresh lease of (connection, subject) for `ttl` if nobody holds it (or
-    /// the holder's lease expired), on the database's clock. None: someone else holds it.
+    /// the holder's lease expired) and no refresh attempt is within its deadline, on the
+    /// database's clock. None: someone else holds it.
     async fn try_lease(
         &self,
         connection_id: Uuid,
@@ -382,24 +432,41 @@ pub trait Store: DataKeyStore {
         holder: &str,
         ttl: std::time::Duration,
     ) -> Result<Option<Lease>, StoreError>;
-    /// Records that a refresh-token request is about to be sent under `generation`, if the
-    /// lease is still ours. False: the lease was lost; do not send.
+    /// The holder's heartbeat: extends the lease to `ttl` from now (database time) while
+    /// `generation` is current. False: the lease was taken over.
+    async fn renew_lease(
+        &self,
+        connection_id: Uuid,
+        subject: &str,
+        generation: i64,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError>;
+    /// Records that a refresh-token request is about to be sent under `generation`, with
+    /// its own deadline `ttl` from now (database time), if the lease is still ours.
+    /// None: the lease was lost; do not send.
     async fn mark_refresh_attempt(
         &self,
         connection_id: Uuid,
         subject: &str,
         generation: i64,
-    ) -> Result<bool, StoreError>;
-    /// Ends the lease with its result, fenced by `generation` (see `LeaseEnd`). A token is
-    /// written if the lease is still ours, or if our refresh attempt is still the recorded
-    /// one (its rotated refresh token must not be lost even after a takeover).
+        ttl: std::time::Duration,
+    ) -> Result<Option<AttemptMark>, StoreError>;
+    /// Ends the lease with its result, fenced by `generation` (see `LeaseEnd`), and
+    /// publishes `notify` in the same transaction. A token is written if the lease is still
+    /// ours, or if our refresh attempt is still the recorded one (its rotated refresh token
+    /// must not be lost even after a takeover) — and, for a grant, only while the grant's
+    /// version is the one the refresh read.
     async fn finish_lease(
         &self,
         connection_id: Uuid,
         subject: &str,
         generation: i64,
         end: LeaseEnd<'_>,
+        notify: &Published,
     ) -> Result<LeaseWrite, StoreError>;
+    /// Releases every lease `holder` holds (shutdown), so other replicas need not wait for
+    /// them to lapse. Unfinished refresh attempts stay recorded. Returns how many.
+    async fn release_leases(&self, holder: &str) -> Result<u64, StoreError>;
     /// The last definitive error of (connection, subject), while it is remembered.
     async fn recent_failure(
         &self,

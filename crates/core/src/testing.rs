@@ -41,7 +41,7 @@ impl Store for UnreachableStore {
     async fn list_tenants(&self, _: Option<&str>, _: u32) -> Result<Vec<TenantRecord>, StoreError> {
         unreachable!("the store must not be used here")
     }
-    async fn delete_tenant(&self, _: &TenantId) -> Result<bool, StoreError> {
+    async fn delete_tenant(&self, _: &TenantId, _: &str) -> Result<bool, StoreError> {
         unreachable!("the store must not be used here")
     }
     async fn get_connection(
@@ -61,10 +61,19 @@ impl Store for UnreachableStore {
     ) -> Result<Vec<ConnectionRecord>, StoreError> {
         unreachable!("the store must not be used here")
     }
-    async fn put_connection(&self, _: &ConnectionRecord, _: Option<i64>) -> Result<(), StoreError> {
+    async fn put_connection(
+        &self,
+        _: &ConnectionRecord,
+        _: Option<i64>,
+        _: &Published,
+    ) -> Result<(), StoreError> {
         unreachable!("the store must not be used here")
     }
-    async fn delete_connection(&self, _: &ConnectionKey) -> Result<bool, StoreError> {
+    async fn delete_connection(
+        &self,
+        _: &ConnectionKey,
+        _: &Published,
+    ) -> Result<bool, StoreError> {
         unreachable!("the store must not be used here")
     }
     async fn load_token(&self, _: Uuid, _: &str) -> Result<Option<TokenRecord>, StoreError> {
@@ -73,7 +82,13 @@ impl Store for UnreachableStore {
     async fn save_token(&self, _: &TokenRecord) -> Result<(), StoreError> {
         unreachable!("the store must not be used here")
     }
-    async fn invalidate_token(&self, _: Uuid, _: &str, _: &[u8]) -> Result<bool, StoreError> {
+    async fn invalidate_token(
+        &self,
+        _: Uuid,
+        _: &str,
+        _: &[u8],
+        _: &Published,
+    ) -> Result<bool, StoreError> {
         unreachable!("the store must not be used here")
     }
     async fn insert_pending_authorization(
@@ -110,6 +125,7 @@ impl Store for UnreachableStore {
         _: &GrantRecord,
         _: bool,
         _: Option<&TokenRecord>,
+        _: &Published,
     ) -> Result<(), StoreError> {
         unreachable!("the store must not be used here")
     }
@@ -124,12 +140,13 @@ impl Store for UnreachableStore {
     async fn set_grant_status(
         &self,
         _: Uuid,
+        _: i64,
         _: GrantStatus,
         _: time::OffsetDateTime,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         unreachable!("the store must not be used here")
     }
-    async fn delete_grant(&self, _: Uuid, _: &str) -> Result<bool, StoreError> {
+    async fn delete_grant(&self, _: Uuid, _: &str, _: &Published) -> Result<bool, StoreError> {
         unreachable!("the store must not be used here")
     }
     async fn try_lease(
@@ -141,7 +158,25 @@ impl Store for UnreachableStore {
     ) -> Result<Option<Lease>, StoreError> {
         unreachable!("the store must not be used here")
     }
-    async fn mark_refresh_attempt(&self, _: Uuid, _: &str, _: i64) -> Result<bool, StoreError> {
+    async fn mark_refresh_attempt(
+        &self,
+        _: Uuid,
+        _: &str,
+        _: i64,
+        _: std::time::Duration,
+    ) -> Result<Option<crate::store::AttemptMark>, StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    async fn renew_lease(
+        &self,
+        _: Uuid,
+        _: &str,
+        _: i64,
+        _: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    async fn release_leases(&self, _: &str) -> Result<u64, StoreError> {
         unreachable!("the store must not be used here")
     }
     async fn finish_lease(
@@ -150,6 +185,7 @@ impl Store for UnreachableStore {
         _: &str,
         _: i64,
         _: LeaseEnd<'_>,
+        _: &Published,
     ) -> Result<LeaseWrite, StoreError> {
         unreachable!("the store must not be used here")
     }
@@ -182,7 +218,7 @@ pub fn warm_vendor(
         cache,
         client: crate::oauth::TokenClient::new(Default::default()).expect("http client"),
         clock,
-        notifier: crate::events::Notifier::new(store.clone(), "test"),
+        notifier: crate::events::Notifier::new("test"),
         store,
     };
     crate::vend::Vendor::new(deps, Default::default())

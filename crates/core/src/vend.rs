@@ -35,10 +35,10 @@ pub struct VendorConfig {
     /// to request tokens excessively; a caller misreporting a good token must not make us).
     pub invalidate_min_interval: Duration,
     pub policy: EndpointPolicy,
-    /// How long one replica may hold a key's refresh lease. Must exceed the whole retry
-    /// budget of a provider request (checked at start-up).
+    /// How long a key's refresh lease lives without a heartbeat. The holder renews it every
+    /// third of this while it works, so a holder that died is taken over within it.
     pub lease_ttl: Duration,
-    /// Timeout of one provider request (a refresh is sent only with this much lease left).
+    /// Timeout of one provider request; a refresh attempt's deadline is this plus margins.
     pub request_timeout: Duration,
     /// How long a definitive provider error is answered again without asking.
     pub negative_ttl: Duration,
@@ -56,7 +56,7 @@ impl Default for VendorConfig {
             max_wait: Duration::from_secs(30),
             invalidate_min_interval: Duration::from_secs(10),
             policy: EndpointPolicy::default(),
-            lease_ttl: Duration::from_secs(45),
+            lease_ttl: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             negative_ttl: Duration::from_secs(10),
             poll_interval: Duration::from_millis(250),
@@ -65,7 +65,31 @@ impl Default for VendorConfig {
     }
 }
 
+/// The shortest `min_ttl` ever applied: a token with no time left (`exp == now`) is not
+/// valid, whatever a caller or `TOKENVEND_DEFAULT_MIN_TTL` says.
+pub const MIN_TTL_FLOOR: Duration = Duration::from_secs(1);
+
 impl VendorConfig {
+    /// How often a lease holder renews its lease: three renewals fit in one `lease_ttl`, so
+    /// one slow or lost renewal does not lose a live holder's lease.
+    pub fn heartbeat_interval(&self) -> Duration {
+        (self.lease_ttl / 3).max(Duration::from_millis(10))
+    }
+
+    /// A refresh attempt's own deadline, recorded in the store before the request is sent:
+    /// the request's timeout, plus a margin for the mark's round trip and clock steps. No
+    /// other replica may take the key's lease (and resolve the attempt) before it passes.
+    pub fn attempt_ttl(&self) -> Duration {
+        self.request_timeout + Duration::from_secs(3)
+    }
+
+    /// The longest a waiter may have to wait for a takeover when the holder dies mid-way:
+    /// its lease (or refresh attempt) lapses, the next poll notices, and the new holder's
+    /// request runs to its timeout. A `max_wait` shorter than this can never outlast one.
+    pub fn worst_takeover(&self) -> Duration {
+        self.lease_ttl.max(self.attempt_ttl()) + self.poll_interval + self.request_timeout
+    }
+
     /// When to renew a token fetched at `fetched_at` that lives `lifetime`: at a jittered
     /// fraction of its life, but early enough that callers asking for the default
     /// `min_ttl` keep being served from memory, and never in its first half.
@@ -130,7 +154,8 @@ impl Vendor {
     ) -> Result<Arc<CachedToken>> {
         let min_ttl = min_ttl
             .filter(|d| !d.is_zero())
-            .unwrap_or(self.inner.config.default_min_ttl);
+            .unwrap_or(self.inner.config.default_min_ttl)
+            .max(MIN_TTL_FLOOR);
         // Hot path: one map read, one Arc clone, no await before the answer.
         let now = self.inner.clock.now();
         if let Some(token) = self.inner.cache.get(&key) {
@@ -222,7 +247,12 @@ impl Vendor {
         let in_store = self
             .inner
             .store
-            .invalidate_token(conn.id, key.subject.as_str(), &digest)
+            .invalidate_token(
+                conn.id,
+                key.subject.as_str(),
+                &digest,
+                &self.inner.notifier.token_invalidated(&key),
+            )
             .await?;
         let in_memory = self.inner.cache.remove_if(&key, |t| {
             t.expires_at.is_some()
@@ -230,10 +260,20 @@ impl Vendor {
         });
         if in_store || in_memory {
             tracing::info!(tenant = %key.tenant, provider = %key.provider, "token invalidated by a caller");
-            self.inner.notifier.token_invalidated(&key).await;
             self.invalidated_at.insert(key, now);
         }
         Ok(in_store || in_memory)
+    }
+
+    /// Releases every refresh lease this replica holds (at shutdown, after draining), so
+    /// other replicas take over at once instead of after `lease_ttl`. Refresh attempts in
+    /// flight stay recorded until their deadline.
+    pub async fn release_leases(&self) -> Result<u64> {
+        Ok(self
+            .inner
+            .store
+            .release_leases(self.inner.notifier.replica())
+            .await?)
     }
 
     pub fn cache(&self) -> &Arc<TokenCache> {

@@ -14,7 +14,7 @@ use tokenvend_core::{
     events::Notifier,
     grants::{Grants, GrantsConfig},
     oauth::{TokenClient, TokenClientConfig},
-    vend::{Vendor, VendorConfig},
+    vend::{MIN_TTL_FLOOR, Vendor, VendorConfig},
 };
 use tokenvend_proto::v1::{
     admin_service_server::AdminServiceServer, token_service_server::TokenServiceServer,
@@ -90,16 +90,19 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             "TOKENVEND_ALLOW_INSECURE_ENDPOINTS=true: http:// and internal provider URLs are allowed (development only)"
         );
     }
-    // The lease must outlive a provider request with all its retries, or a slow holder's
-    // refresh could overlap the next holder's.
-    let attempts = TokenClientConfig::default().max_attempts;
-    let budget = args.provider_timeout * attempts + std::time::Duration::from_secs(2);
-    if args.lease_ttl <= budget {
-        bail!(
-            "TOKENVEND_LEASE_TTL ({:?}) must exceed {attempts} x TOKENVEND_PROVIDER_TIMEOUT plus 2 s ({budget:?})",
-            args.lease_ttl
-        );
-    }
+    let vendor_config = VendorConfig {
+        default_min_ttl: args.default_min_ttl,
+        max_wait: args.max_wait,
+        invalidate_min_interval: args.invalidate_min_interval,
+        policy: EndpointPolicy {
+            allow_insecure: args.allow_insecure_endpoints,
+        },
+        lease_ttl: args.lease_ttl,
+        request_timeout: args.provider_timeout,
+        negative_ttl: args.negative_cache_ttl,
+        ..VendorConfig::default()
+    };
+    check_timing(&vendor_config)?;
     let replica = args.replica_id.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/etc/hostname")
             .map(|h| h.trim().to_owned())
@@ -123,7 +126,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         ..Default::default()
     })
     .context("building the HTTP client")?;
-    let notifier = Notifier::new(store.clone(), replica.clone());
+    let notifier = Notifier::new(replica.clone());
     let deps = Deps {
         store: store.clone(),
         envelope,
@@ -132,19 +135,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         clock,
         notifier: notifier.clone(),
     };
-    let vendor = Arc::new(Vendor::new(
-        deps.clone(),
-        VendorConfig {
-            default_min_ttl: args.default_min_ttl,
-            max_wait: args.max_wait,
-            invalidate_min_interval: args.invalidate_min_interval,
-            policy,
-            lease_ttl: args.lease_ttl,
-            request_timeout: args.provider_timeout,
-            negative_ttl: args.negative_cache_ttl,
-            ..VendorConfig::default()
-        },
-    ));
+    let vendor = Arc::new(Vendor::new(deps.clone(), vendor_config));
     // Other replicas' changes (and, on a gap in the feed, a full reload from the store).
     tokio::spawn({
         let vendor = vendor.clone();
@@ -221,6 +212,29 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     g.context("gRPC server")?;
     h.context("HTTP server")?;
     tracing::info!("shut down cleanly");
+    Ok(())
+}
+
+/// Refuses timing settings under which a caller could never be served: a `min_ttl` of 0
+/// (a token with no time left is not valid), a lease too short to renew, and a
+/// `TOKENVEND_MAX_WAIT` that cannot outlast the takeover of a dead holder's lease.
+fn check_timing(c: &VendorConfig) -> Result<()> {
+    if c.default_min_ttl < MIN_TTL_FLOOR {
+        bail!(
+            "TOKENVEND_DEFAULT_MIN_TTL must be at least 1s (a token that expires now is not valid)"
+        );
+    }
+    if c.lease_ttl < std::time::Duration::from_secs(1) {
+        bail!("TOKENVEND_LEASE_TTL must be at least 1s (it is renewed every third of it)");
+    }
+    let takeover = c.worst_takeover();
+    if c.max_wait <= takeover {
+        bail!(
+            "TOKENVEND_MAX_WAIT ({:?}) must exceed the worst takeover of a dead replica's refresh lease ({takeover:?} = max(TOKENVEND_LEASE_TTL, TOKENVEND_PROVIDER_TIMEOUT + 3s) + {:?} poll + TOKENVEND_PROVIDER_TIMEOUT), or waiting callers could never be served",
+            c.max_wait,
+            c.poll_interval
+        );
+    }
     Ok(())
 }
 

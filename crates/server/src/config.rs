@@ -116,9 +116,10 @@ pub struct ServeArgs {
     /// Timeout of one HTTP exchange with a provider's token endpoint.
     #[arg(long, env = "TOKENVEND_PROVIDER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub provider_timeout: Duration,
-    /// How long one replica may hold a token key's refresh lease. Must exceed the provider
-    /// timeout times 3 attempts plus back-off (checked at start-up).
-    #[arg(long, env = "TOKENVEND_LEASE_TTL", default_value = "45s", value_parser = parse_duration)]
+    /// How long a token key's refresh lease lives without a heartbeat. Its holder renews it
+    /// every third of this while it works; if the holder dies, other replicas take over
+    /// within it. TOKENVEND_MAX_WAIT must outlast a takeover (checked at start-up).
+    #[arg(long, env = "TOKENVEND_LEASE_TTL", default_value = "5s", value_parser = parse_duration)]
     pub lease_ttl: Duration,
     /// How long a definitive provider error (invalid_client, a 403, …) is answered again
     /// without asking the provider.

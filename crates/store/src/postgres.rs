@@ -10,8 +10,8 @@ use tokenvend_core::{
     crypto::WrappedDek,
     ids::{ConnectionKey, ProviderId, TenantId},
     store::{
-        ConnectionRecord, DataKeyStore, GrantRecord, GrantStatus, Lease, LeaseEnd, LeaseWrite,
-        PendingAuthorization, Published, RecentFailure, Store, StoreError, StoreEvent,
+        AttemptMark, ConnectionRecord, DataKeyStore, GrantRecord, GrantStatus, Lease, LeaseEnd,
+        LeaseWrite, PendingAuthorization, Published, RecentFailure, Store, StoreError, StoreEvent,
         TenantRecord, TokenRecord,
     },
 };
@@ -218,13 +218,43 @@ impl Store for PgStore {
         .collect()
     }
 
-    async fn delete_tenant(&self, slug: &TenantId) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM tenants WHERE slug = $1")
+    async fn delete_tenant(&self, slug: &TenantId, origin: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        // Locking the tenant row first makes a concurrent PutConnection wait (and then fail
+        // on the foreign key), so every connection that goes is one we notify about.
+        let locked = sqlx::query("SELECT id FROM tenants WHERE slug = $1 FOR UPDATE")
             .bind(slug.as_str())
-            .execute(&self.pool)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(db_err)?;
-        Ok(done.rows_affected() > 0)
+        if locked.is_none() {
+            return Ok(false);
+        }
+        let providers: Vec<String> = sqlx::query_scalar(
+            "DELETE FROM connections c USING tenants t \
+             WHERE t.id = c.tenant_id AND t.slug = $1 RETURNING c.provider",
+        )
+        .bind(slug.as_str())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        sqlx::query("DELETE FROM tenants WHERE slug = $1")
+            .bind(slug.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        for provider in providers {
+            let event = Published {
+                origin: origin.to_owned(),
+                event: StoreEvent::ConnectionChanged {
+                    tenant: slug.to_string(),
+                    provider,
+                },
+            };
+            notify(&mut tx, &event).await?;
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(true)
     }
 
     async fn get_connection(
@@ -287,7 +317,9 @@ impl Store for PgStore {
         &self,
         c: &ConnectionRecord,
         expected_version: Option<i64>,
+        event: &Published,
     ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
         let done = match expected_version {
             None => sqlx::query(
                 "INSERT INTO connections (id, tenant_id, provider, version, settings, client_secret, \
@@ -304,7 +336,7 @@ impl Store for PgStore {
             .bind(&c.secret_fingerprint)
             .bind(c.created_at)
             .bind(c.updated_at)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(db_err)?,
             Some(v) => sqlx::query(
@@ -320,28 +352,38 @@ impl Store for PgStore {
             .bind(&c.secret_fingerprint)
             .bind(c.updated_at)
             .bind(v)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(db_err)?,
         };
-        if done.rows_affected() == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::Conflict)
+        if done.rows_affected() != 1 {
+            return Err(StoreError::Conflict);
         }
+        notify(&mut tx, event).await?;
+        tx.commit().await.map_err(db_err)
     }
 
-    async fn delete_connection(&self, key: &ConnectionKey) -> Result<bool, StoreError> {
+    async fn delete_connection(
+        &self,
+        key: &ConnectionKey,
+        event: &Published,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
         let done = sqlx::query(
             "DELETE FROM connections c USING tenants t \
              WHERE t.id = c.tenant_id AND t.slug = $1 AND c.provider = $2",
         )
         .bind(key.tenant.as_str())
         .bind(key.provider.as_str())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(db_err)?;
-        Ok(done.rows_affected() > 0)
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        notify(&mut tx, event).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(true)
     }
 
     async fn load_token(
@@ -384,17 +426,23 @@ impl Store for PgStore {
         connection_id: Uuid,
         subject: &str,
         sha256: &[u8],
+        event: &Published,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "DELETE FROM tokens WHERE connection_id = $1 AND subject = $2 AND token_sha256 = $3",
+        // One statement: the notification goes out exactly when a row was deleted.
+        let notified = sqlx::query(
+            "WITH gone AS (DELETE FROM tokens \
+               WHERE connection_id = $1 AND subject = $2 AND token_sha256 = $3 RETURNING 1) \
+             SELECT pg_notify($4, $5) FROM gone",
         )
         .bind(connection_id)
         .bind(subject)
         .bind(sha256)
-        .execute(&self.pool)
+        .bind(CHANNEL)
+        .bind(payload(event)?)
+        .fetch_optional(&self.pool)
         .await
         .map_err(db_err)?;
-        Ok(done.rows_affected() > 0)
+        Ok(notified.is_some())
     }
 
     async fn insert_pending_authorization(
@@ -468,7 +516,7 @@ impl Store for PgStore {
         subject: &str,
     ) -> Result<Option<GrantRecord>, StoreError> {
         sqlx::query(
-            "SELECT id, connection_id, subject, refresh_token, scopes, status, created_at, updated_at \
+            "SELECT id, connection_id, subject, refresh_token, scopes, status, version, created_at, updated_at \
              FROM grants WHERE connection_id = $1 AND subject = $2",
         )
         .bind(connection_id)
@@ -488,7 +536,7 @@ impl Store for PgStore {
         limit: u32,
     ) -> Result<Vec<GrantRecord>, StoreError> {
         sqlx::query(
-            "SELECT id, connection_id, subject, refresh_token, scopes, status, created_at, updated_at \
+            "SELECT id, connection_id, subject, refresh_token, scopes, status, version, created_at, updated_at \
              FROM grants WHERE connection_id = $1 AND ($2::text IS NULL OR subject > $2) \
              ORDER BY subject LIMIT $3",
         )
@@ -508,25 +556,27 @@ impl Store for PgStore {
         g: &GrantRecord,
         replace: bool,
         token: Option<&TokenRecord>,
+        event: &Published,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         let done = if replace {
             sqlx::query(
-                "UPDATE grants SET refresh_token = $2, scopes = $3, status = $4, updated_at = $5 \
-                 WHERE id = $1",
+                "UPDATE grants SET refresh_token = $2, scopes = $3, status = $4, updated_at = $5, \
+                 version = $6 WHERE id = $1 AND version = $6 - 1",
             )
             .bind(g.id)
             .bind(&g.refresh_token)
             .bind(json(&g.scopes)?)
             .bind(g.status.as_str())
             .bind(g.updated_at)
+            .bind(g.version)
             .execute(&mut *tx)
             .await
             .map_err(db_err)?
         } else {
             sqlx::query(
                 "INSERT INTO grants (id, connection_id, subject, refresh_token, scopes, status, \
-                 created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                 version, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             )
             .bind(g.id)
             .bind(g.connection_id)
@@ -534,6 +584,7 @@ impl Store for PgStore {
             .bind(&g.refresh_token)
             .bind(json(&g.scopes)?)
             .bind(g.status.as_str())
+            .bind(g.version)
             .bind(g.created_at)
             .bind(g.updated_at)
             .execute(&mut *tx)
@@ -553,6 +604,7 @@ impl Store for PgStore {
         if let Some(t) = token {
             upsert_token(t)?.execute(&mut *tx).await.map_err(db_err)?;
         }
+        notify(&mut tx, event).await?;
         tx.commit().await.map_err(db_err)
     }
 
@@ -585,20 +637,29 @@ impl Store for PgStore {
     async fn set_grant_status(
         &self,
         grant_id: Uuid,
+        version: i64,
         status: GrantStatus,
         updated_at: OffsetDateTime,
-    ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE grants SET status = $2, updated_at = $3 WHERE id = $1")
-            .bind(grant_id)
-            .bind(status.as_str())
-            .bind(updated_at)
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?;
-        Ok(())
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE grants SET status = $2, updated_at = $3 WHERE id = $1 AND version = $4",
+        )
+        .bind(grant_id)
+        .bind(status.as_str())
+        .bind(updated_at)
+        .bind(version)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(done.rows_affected() == 1)
     }
 
-    async fn delete_grant(&self, connection_id: Uuid, subject: &str) -> Result<bool, StoreError> {
+    async fn delete_grant(
+        &self,
+        connection_id: Uuid,
+        subject: &str,
+        event: &Published,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         sqlx::query("DELETE FROM tokens WHERE connection_id = $1 AND subject = $2")
             .bind(connection_id)
@@ -612,8 +673,12 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        notify(&mut tx, event).await?;
         tx.commit().await.map_err(db_err)?;
-        Ok(done.rows_affected() > 0)
+        Ok(true)
     }
 
     async fn try_lease(
@@ -630,7 +695,9 @@ impl Store for PgStore {
              ON CONFLICT (connection_id, subject) DO UPDATE SET \
                generation = refresh_leases.generation + 1, \
                lease_holder = excluded.lease_holder, lease_until = excluded.lease_until \
-             WHERE refresh_leases.lease_until IS NULL OR refresh_leases.lease_until < now() \
+             WHERE (refresh_leases.lease_until IS NULL OR refresh_leases.lease_until < now()) \
+               AND (refresh_leases.refresh_attempt_gen IS NULL \
+                    OR refresh_leases.attempt_until IS NULL OR refresh_leases.attempt_until < now()) \
              RETURNING generation, refresh_attempt_gen",
         )
         .bind(connection_id)
@@ -651,23 +718,48 @@ impl Store for PgStore {
         .transpose()
     }
 
+    async fn renew_lease(
+        &self,
+        connection_id: Uuid,
+        subject: &str,
+        generation: i64,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE refresh_leases SET lease_until = now() + $4 * interval '1 microsecond' \
+             WHERE connection_id = $1 AND subject = $2 AND generation = $3 \
+               AND lease_until IS NOT NULL",
+        )
+        .bind(connection_id)
+        .bind(subject)
+        .bind(generation)
+        .bind(ttl.as_micros() as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn mark_refresh_attempt(
         &self,
         connection_id: Uuid,
         subject: &str,
         generation: i64,
-    ) -> Result<bool, StoreError> {
+        ttl: std::time::Duration,
+    ) -> Result<Option<AttemptMark>, StoreError> {
         let done = sqlx::query(
-            "UPDATE refresh_leases SET refresh_attempt_gen = $3 \
+            "UPDATE refresh_leases SET refresh_attempt_gen = $3, \
+               attempt_until = now() + $4 * interval '1 microsecond' \
              WHERE connection_id = $1 AND subject = $2 AND generation = $3 AND lease_until > now()",
         )
         .bind(connection_id)
         .bind(subject)
         .bind(generation)
+        .bind(ttl.as_micros() as i64)
         .execute(&self.pool)
         .await
         .map_err(db_err)?;
-        Ok(done.rows_affected() == 1)
+        Ok((done.rows_affected() == 1).then_some(AttemptMark { deadline_in: ttl }))
     }
 
     async fn finish_lease(
@@ -676,6 +768,7 @@ impl Store for PgStore {
         subject: &str,
         generation: i64,
         end: LeaseEnd<'_>,
+        event: &Published,
     ) -> Result<LeaseWrite, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         let Some(row) = sqlx::query(
@@ -698,22 +791,43 @@ impl Store for PgStore {
                 if !ours && attempt != Some(generation) {
                     return Ok(LeaseWrite::Fenced);
                 }
+                if let Some(g) = grant {
+                    let done = sqlx::query(
+                        "UPDATE grants SET refresh_token = COALESCE($2, refresh_token), updated_at = $3 \
+                         WHERE id = $1 AND version = $4",
+                    )
+                    .bind(g.id)
+                    .bind(g.refresh_token)
+                    .bind(token.fetched_at)
+                    .bind(g.version)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                    if done.rows_affected() != 1 {
+                        // Revoked or re-authorized meanwhile: release the lease, keep the
+                        // attempt resolved, and write no token of the old chain.
+                        sqlx::query(
+                            "UPDATE refresh_leases SET \
+                               lease_holder = CASE WHEN generation = $3 THEN NULL ELSE lease_holder END, \
+                               lease_until = CASE WHEN generation = $3 THEN NULL ELSE lease_until END, \
+                               refresh_attempt_gen = CASE WHEN refresh_attempt_gen = $3 THEN NULL ELSE refresh_attempt_gen END \
+                             WHERE connection_id = $1 AND subject = $2",
+                        )
+                        .bind(connection_id)
+                        .bind(subject)
+                        .bind(generation)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                        notify(&mut tx, event).await?;
+                        tx.commit().await.map_err(db_err)?;
+                        return Ok(LeaseWrite::GrantChanged);
+                    }
+                }
                 upsert_token(token)?
                     .execute(&mut *tx)
                     .await
                     .map_err(db_err)?;
-                if let Some((grant_id, refresh_token)) = grant {
-                    sqlx::query(
-                        "UPDATE grants SET refresh_token = COALESCE($2, refresh_token), updated_at = $3 \
-                         WHERE id = $1",
-                    )
-                    .bind(grant_id)
-                    .bind(refresh_token)
-                    .bind(token.fetched_at)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
-                }
                 sqlx::query(
                     "UPDATE refresh_leases SET \
                        lease_holder = CASE WHEN generation = $3 THEN NULL ELSE lease_holder END, \
@@ -743,7 +857,8 @@ impl Store for PgStore {
                        last_error = CASE WHEN $5::timestamptz IS NULL THEN last_error ELSE $4 END, \
                        error_version = CASE WHEN $5::timestamptz IS NULL THEN error_version ELSE $6 END, \
                        error_until = COALESCE($5, error_until), \
-                       refresh_attempt_gen = CASE WHEN $7 AND refresh_attempt_gen = $3 THEN NULL ELSE refresh_attempt_gen END \
+                       refresh_attempt_gen = CASE WHEN $7 AND refresh_attempt_gen = $3 THEN NULL ELSE refresh_attempt_gen END, \
+                       attempt_until = CASE WHEN refresh_attempt_gen = $3 THEN LEAST(attempt_until, now()) ELSE attempt_until END \
                      WHERE connection_id = $1 AND subject = $2",
                 )
                 .bind(connection_id)
@@ -772,8 +887,21 @@ impl Store for PgStore {
                 .map_err(db_err)?;
             }
         }
+        notify(&mut tx, event).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(LeaseWrite::Written)
+    }
+
+    async fn release_leases(&self, holder: &str) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE refresh_leases SET lease_holder = NULL, lease_until = NULL \
+             WHERE lease_holder = $1",
+        )
+        .bind(holder)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(done.rows_affected())
     }
 
     async fn recent_failure(
@@ -807,10 +935,9 @@ impl Store for PgStore {
     }
 
     async fn publish(&self, event: &Published) -> Result<(), StoreError> {
-        let payload = serde_json::to_string(event).map_err(|e| corrupt("event", e))?;
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(CHANNEL)
-            .bind(payload)
+            .bind(payload(event)?)
             .execute(&self.pool)
             .await
             .map_err(db_err)?;
@@ -820,6 +947,25 @@ impl Store for PgStore {
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Published> {
         self.events.subscribe()
     }
+}
+
+fn payload(event: &Published) -> Result<String, StoreError> {
+    serde_json::to_string(event).map_err(|e| corrupt("event", e))
+}
+
+/// NOTIFY inside the caller's transaction: delivered to every listener exactly when the
+/// change commits, never for a change that rolled back.
+async fn notify(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    event: &Published,
+) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(payload(event)?)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    Ok(())
 }
 
 fn json(v: &[String]) -> Result<String, StoreError> {
@@ -839,6 +985,7 @@ fn grant(r: &PgRow) -> Result<GrantRecord, StoreError> {
         refresh_token: r.try_get("refresh_token").map_err(db_err)?,
         scopes: unjson(r.try_get("scopes").map_err(db_err)?)?,
         status: GrantStatus::parse(&status).ok_or_else(|| corrupt("grant status", status))?,
+        version: r.try_get("version").map_err(db_err)?,
         created_at: r.try_get("created_at").map_err(db_err)?,
         updated_at: r.try_get("updated_at").map_err(db_err)?,
     })

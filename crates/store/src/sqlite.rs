@@ -16,9 +16,9 @@ use tokenvend_core::{
     crypto::WrappedDek,
     ids::{ConnectionKey, ProviderId, TenantId},
     store::{
-        ConnectionRecord, DataKeyStore, GrantRecord, GrantStatus, Lease, LeaseEnd, LeaseWrite,
-        PendingAuthorization, Published, RecentFailure, Store, StoreError, TenantRecord,
-        TokenRecord,
+        AttemptMark, ConnectionRecord, DataKeyStore, GrantRecord, GrantStatus, Lease, LeaseEnd,
+        LeaseWrite, PendingAuthorization, Published, RecentFailure, Store, StoreError, StoreEvent,
+        TenantRecord, TokenRecord,
     },
 };
 use uuid::Uuid;
@@ -231,12 +231,35 @@ impl Store for SqliteStore {
         .collect()
     }
 
-    async fn delete_tenant(&self, slug: &TenantId) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM tenants WHERE slug = ?")
-            .bind(slug.as_str())
-            .execute(&self.pool)
+    async fn delete_tenant(&self, slug: &TenantId, origin: &str) -> Result<bool, StoreError> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_err)?;
+        let providers: Vec<String> = sqlx::query_scalar(
+            "DELETE FROM connections WHERE tenant_id = (SELECT id FROM tenants WHERE slug = ?1) \
+             RETURNING provider",
+        )
+        .bind(slug.as_str())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let done = sqlx::query("DELETE FROM tenants WHERE slug = ?1")
+            .bind(slug.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        for provider in providers {
+            self.notify(&Published {
+                origin: origin.to_owned(),
+                event: StoreEvent::ConnectionChanged {
+                    tenant: slug.to_string(),
+                    provider,
+                },
+            });
+        }
         Ok(done.rows_affected() > 0)
     }
 
@@ -300,6 +323,7 @@ impl Store for SqliteStore {
         &self,
         c: &ConnectionRecord,
         expected_version: Option<i64>,
+        event: &Published,
     ) -> Result<(), StoreError> {
         let done = match expected_version {
             None => sqlx::query(
@@ -337,14 +361,18 @@ impl Store for SqliteStore {
             .await
             .map_err(db_err)?,
         };
-        if done.rows_affected() == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::Conflict)
+        if done.rows_affected() != 1 {
+            return Err(StoreError::Conflict);
         }
+        self.notify(event);
+        Ok(())
     }
 
-    async fn delete_connection(&self, key: &ConnectionKey) -> Result<bool, StoreError> {
+    async fn delete_connection(
+        &self,
+        key: &ConnectionKey,
+        event: &Published,
+    ) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "DELETE FROM connections WHERE provider = ?2 \
              AND tenant_id = (SELECT id FROM tenants WHERE slug = ?1)",
@@ -354,7 +382,11 @@ impl Store for SqliteStore {
         .execute(&self.pool)
         .await
         .map_err(db_err)?;
-        Ok(done.rows_affected() > 0)
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        self.notify(event);
+        Ok(true)
     }
 
     async fn load_token(
@@ -397,6 +429,7 @@ impl Store for SqliteStore {
         connection_id: Uuid,
         subject: &str,
         sha256: &[u8],
+        event: &Published,
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "DELETE FROM tokens WHERE connection_id = ? AND subject = ? AND token_sha256 = ?",
@@ -407,7 +440,11 @@ impl Store for SqliteStore {
         .execute(&self.pool)
         .await
         .map_err(db_err)?;
-        Ok(done.rows_affected() > 0)
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        self.notify(event);
+        Ok(true)
     }
     async fn insert_pending_authorization(
         &self,
@@ -480,7 +517,7 @@ impl Store for SqliteStore {
         subject: &str,
     ) -> Result<Option<GrantRecord>, StoreError> {
         sqlx::query(
-            "SELECT id, connection_id, subject, refresh_token, scopes, status, created_at, updated_at \
+            "SELECT id, connection_id, subject, refresh_token, scopes, status, version, created_at, updated_at \
              FROM grants WHERE connection_id = ?1 AND subject = ?2",
         )
         .bind(connection_id)
@@ -500,7 +537,7 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<Vec<GrantRecord>, StoreError> {
         sqlx::query(
-            "SELECT id, connection_id, subject, refresh_token, scopes, status, created_at, updated_at \
+            "SELECT id, connection_id, subject, refresh_token, scopes, status, version, created_at, updated_at \
              FROM grants WHERE connection_id = ?1 AND (?2 IS NULL OR subject > ?2) \
              ORDER BY subject LIMIT ?3",
         )
@@ -520,6 +557,7 @@ impl Store for SqliteStore {
         g: &GrantRecord,
         replace: bool,
         token: Option<&TokenRecord>,
+        event: &Published,
     ) -> Result<(), StoreError> {
         let mut tx = self
             .pool
@@ -528,21 +566,22 @@ impl Store for SqliteStore {
             .map_err(db_err)?;
         let done = if replace {
             sqlx::query(
-                "UPDATE grants SET refresh_token = ?2, scopes = ?3, status = ?4, updated_at = ?5 \
-                 WHERE id = ?1",
+                "UPDATE grants SET refresh_token = ?2, scopes = ?3, status = ?4, updated_at = ?5, \
+                 version = ?6 WHERE id = ?1 AND version = ?6 - 1",
             )
             .bind(g.id)
             .bind(&g.refresh_token)
             .bind(json(&g.scopes)?)
             .bind(g.status.as_str())
             .bind(micros(g.updated_at))
+            .bind(g.version)
             .execute(&mut *tx)
             .await
             .map_err(db_err)?
         } else {
             sqlx::query(
                 "INSERT INTO grants (id, connection_id, subject, refresh_token, scopes, status, \
-                 created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 created_at, updated_at, version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )
             .bind(g.id)
             .bind(g.connection_id)
@@ -552,6 +591,7 @@ impl Store for SqliteStore {
             .bind(g.status.as_str())
             .bind(micros(g.created_at))
             .bind(micros(g.updated_at))
+            .bind(g.version)
             .execute(&mut *tx)
             .await
             .map_err(db_err)?
@@ -569,7 +609,9 @@ impl Store for SqliteStore {
         if let Some(t) = token {
             upsert_token(t)?.execute(&mut *tx).await.map_err(db_err)?;
         }
-        tx.commit().await.map_err(db_err)
+        tx.commit().await.map_err(db_err)?;
+        self.notify(event);
+        Ok(())
     }
 
     async fn save_refreshed(
@@ -605,20 +647,29 @@ impl Store for SqliteStore {
     async fn set_grant_status(
         &self,
         grant_id: Uuid,
+        version: i64,
         status: GrantStatus,
         updated_at: OffsetDateTime,
-    ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE grants SET status = ?2, updated_at = ?3 WHERE id = ?1")
-            .bind(grant_id)
-            .bind(status.as_str())
-            .bind(micros(updated_at))
-            .execute(&self.pool)
-            .await
-            .map_err(db_err)?;
-        Ok(())
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE grants SET status = ?2, updated_at = ?3 WHERE id = ?1 AND version = ?4",
+        )
+        .bind(grant_id)
+        .bind(status.as_str())
+        .bind(micros(updated_at))
+        .bind(version)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(done.rows_affected() == 1)
     }
 
-    async fn delete_grant(&self, connection_id: Uuid, subject: &str) -> Result<bool, StoreError> {
+    async fn delete_grant(
+        &self,
+        connection_id: Uuid,
+        subject: &str,
+        event: &Published,
+    ) -> Result<bool, StoreError> {
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
@@ -637,7 +688,11 @@ impl Store for SqliteStore {
             .await
             .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
-        Ok(done.rows_affected() > 0)
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        self.notify(event);
+        Ok(true)
     }
 
     async fn try_lease(
@@ -653,7 +708,9 @@ impl Store for SqliteStore {
              ON CONFLICT (connection_id, subject) DO UPDATE SET \
                generation = refresh_leases.generation + 1, \
                lease_holder = excluded.lease_holder, lease_until = excluded.lease_until \
-             WHERE refresh_leases.lease_until IS NULL OR refresh_leases.lease_until < ", now_us!(), " \
+             WHERE (refresh_leases.lease_until IS NULL OR refresh_leases.lease_until < ", now_us!(), ") \
+               AND (refresh_leases.refresh_attempt_gen IS NULL \
+                    OR refresh_leases.attempt_until IS NULL OR refresh_leases.attempt_until < ", now_us!(), ") \
              RETURNING generation, refresh_attempt_gen"
         ))
         .bind(connection_id)
@@ -674,24 +731,50 @@ impl Store for SqliteStore {
         .transpose()
     }
 
+    async fn renew_lease(
+        &self,
+        connection_id: Uuid,
+        subject: &str,
+        generation: i64,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(concat!(
+            "UPDATE refresh_leases SET lease_until = ",
+            now_us!(),
+            " + ?4 WHERE connection_id = ?1 AND subject = ?2 AND generation = ?3 \
+               AND lease_until IS NOT NULL"
+        ))
+        .bind(connection_id)
+        .bind(subject)
+        .bind(generation)
+        .bind(ttl.as_micros() as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn mark_refresh_attempt(
         &self,
         connection_id: Uuid,
         subject: &str,
         generation: i64,
-    ) -> Result<bool, StoreError> {
+        ttl: std::time::Duration,
+    ) -> Result<Option<AttemptMark>, StoreError> {
         let done = sqlx::query(concat!(
-            "UPDATE refresh_leases SET refresh_attempt_gen = ?3 \
-             WHERE connection_id = ?1 AND subject = ?2 AND generation = ?3 AND lease_until > ",
+            "UPDATE refresh_leases SET refresh_attempt_gen = ?3, attempt_until = ",
+            now_us!(),
+            " + ?4 WHERE connection_id = ?1 AND subject = ?2 AND generation = ?3 AND lease_until > ",
             now_us!()
         ))
         .bind(connection_id)
         .bind(subject)
         .bind(generation)
+        .bind(ttl.as_micros() as i64)
         .execute(&self.pool)
         .await
         .map_err(db_err)?;
-        Ok(done.rows_affected() == 1)
+        Ok((done.rows_affected() == 1).then_some(AttemptMark { deadline_in: ttl }))
     }
 
     async fn finish_lease(
@@ -700,6 +783,7 @@ impl Store for SqliteStore {
         subject: &str,
         generation: i64,
         end: LeaseEnd<'_>,
+        event: &Published,
     ) -> Result<LeaseWrite, StoreError> {
         let mut tx = self
             .pool
@@ -726,22 +810,43 @@ impl Store for SqliteStore {
                 if !ours && attempt != Some(generation) {
                     return Ok(LeaseWrite::Fenced);
                 }
+                if let Some(g) = grant {
+                    let done = sqlx::query(
+                        "UPDATE grants SET refresh_token = COALESCE(?2, refresh_token), updated_at = ?3 \
+                         WHERE id = ?1 AND version = ?4",
+                    )
+                    .bind(g.id)
+                    .bind(g.refresh_token)
+                    .bind(micros(token.fetched_at))
+                    .bind(g.version)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                    if done.rows_affected() != 1 {
+                        // Revoked or re-authorized meanwhile: release the lease, keep the
+                        // attempt resolved, and write no token of the old chain.
+                        sqlx::query(
+                            "UPDATE refresh_leases SET \
+                               lease_holder = CASE WHEN generation = ?3 THEN NULL ELSE lease_holder END, \
+                               lease_until = CASE WHEN generation = ?3 THEN NULL ELSE lease_until END, \
+                               refresh_attempt_gen = CASE WHEN refresh_attempt_gen = ?3 THEN NULL ELSE refresh_attempt_gen END \
+                             WHERE connection_id = ?1 AND subject = ?2",
+                        )
+                        .bind(connection_id)
+                        .bind(subject)
+                        .bind(generation)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                        tx.commit().await.map_err(db_err)?;
+                        self.notify(event);
+                        return Ok(LeaseWrite::GrantChanged);
+                    }
+                }
                 upsert_token(token)?
                     .execute(&mut *tx)
                     .await
                     .map_err(db_err)?;
-                if let Some((grant_id, refresh_token)) = grant {
-                    sqlx::query(
-                        "UPDATE grants SET refresh_token = COALESCE(?2, refresh_token), updated_at = ?3 \
-                         WHERE id = ?1",
-                    )
-                    .bind(grant_id)
-                    .bind(refresh_token)
-                    .bind(micros(token.fetched_at))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
-                }
                 sqlx::query(
                     "UPDATE refresh_leases SET \
                        lease_holder = CASE WHEN generation = ?3 THEN NULL ELSE lease_holder END, \
@@ -767,12 +872,15 @@ impl Store for SqliteStore {
                     return Ok(LeaseWrite::Fenced);
                 }
                 sqlx::query(
+                    concat!(
                     "UPDATE refresh_leases SET lease_holder = NULL, lease_until = NULL, \
                        last_error = CASE WHEN ?5 IS NULL THEN last_error ELSE ?4 END, \
                        error_version = CASE WHEN ?5 IS NULL THEN error_version ELSE ?6 END, \
                        error_until = COALESCE(?5, error_until), \
-                       refresh_attempt_gen = CASE WHEN ?7 AND refresh_attempt_gen = ?3 THEN NULL ELSE refresh_attempt_gen END \
-                     WHERE connection_id = ?1 AND subject = ?2",
+                       refresh_attempt_gen = CASE WHEN ?7 AND refresh_attempt_gen = ?3 THEN NULL ELSE refresh_attempt_gen END, \
+                       attempt_until = CASE WHEN refresh_attempt_gen = ?3 THEN MIN(attempt_until, ", now_us!(), ") ELSE attempt_until END \
+                     WHERE connection_id = ?1 AND subject = ?2"
+                )
                 )
                 .bind(connection_id)
                 .bind(subject)
@@ -801,7 +909,20 @@ impl Store for SqliteStore {
             }
         }
         tx.commit().await.map_err(db_err)?;
+        self.notify(event);
         Ok(LeaseWrite::Written)
+    }
+
+    async fn release_leases(&self, holder: &str) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE refresh_leases SET lease_holder = NULL, lease_until = NULL \
+             WHERE lease_holder = ?1",
+        )
+        .bind(holder)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(done.rows_affected())
     }
 
     async fn recent_failure(
@@ -836,12 +957,20 @@ impl Store for SqliteStore {
     }
 
     async fn publish(&self, event: &Published) -> Result<(), StoreError> {
-        let _ = self.events.send(event.clone());
+        self.notify(event);
         Ok(())
     }
 
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Published> {
         self.events.subscribe()
+    }
+}
+
+impl SqliteStore {
+    /// One process: a committed change goes straight to this process's subscribers (sent
+    /// after the commit, so a change that rolled back is never announced).
+    fn notify(&self, event: &Published) {
+        let _ = self.events.send(event.clone());
     }
 }
 
@@ -862,6 +991,7 @@ fn grant(r: &SqliteRow) -> Result<GrantRecord, StoreError> {
         refresh_token: r.try_get("refresh_token").map_err(db_err)?,
         scopes: unjson(r.try_get("scopes").map_err(db_err)?)?,
         status: GrantStatus::parse(&status).ok_or_else(|| corrupt("grant status", status))?,
+        version: r.try_get("version").map_err(db_err)?,
         created_at: from_micros(r.try_get("created_at").map_err(db_err)?)?,
         updated_at: from_micros(r.try_get("updated_at").map_err(db_err)?)?,
     })

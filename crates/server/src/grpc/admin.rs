@@ -226,11 +226,23 @@ impl AdminService for AdminApi {
         &self,
         req: Request<DeleteTenantRequest>,
     ) -> Result<Response<DeleteTenantResponse>, Status> {
-        let DeleteTenantRequest { tenant } = req.into_inner();
+        let DeleteTenantRequest { tenant, force } = req.into_inner();
         let slug = TenantId::parse(tenant).map_err(invalid)?;
-        self.admin.delete_tenant(&slug).await.map_err(status)?;
-        tracing::info!("tenant deleted");
-        Ok(Response::new(DeleteTenantResponse {}))
+        let revoked = self
+            .admin
+            .delete_tenant(&slug, force)
+            .await
+            .map_err(status)?;
+        tracing::info!(
+            grants_revoked = revoked.at_provider,
+            grants_deleted_locally = revoked.locally,
+            "tenant deleted"
+        );
+        Ok(Response::new(DeleteTenantResponse {
+            grants_revoked: revoked.at_provider as i32,
+            grants_deleted_locally: revoked.locally as i32,
+            warning: revoked.warning,
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(tenant = %req.get_ref().tenant, provider = %req.get_ref().provider))]

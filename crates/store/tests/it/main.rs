@@ -62,6 +62,10 @@ both!(
     refresh_leases_are_exclusive_and_fenced,
     change_feed_reaches_subscribers,
     refresh_ahead_keeps_used_tokens_warm_and_lets_idle_ones_expire,
+    heartbeats_keep_a_lease_and_shutdown_releases_it,
+    a_refresh_attempt_blocks_takeover_until_its_deadline,
+    a_refresh_never_writes_over_a_revoked_or_reauthorized_grant,
+    changes_announce_themselves_in_their_transaction,
 );
 
 fn at(s: i64) -> OffsetDateTime {
@@ -90,6 +94,15 @@ fn conn(t: &TenantRecord, provider: &str, version: i64) -> ConnectionRecord {
         secret_fingerprint: "ab".into(),
         created_at: at(1),
         updated_at: at(2),
+    }
+}
+
+/// An event for the store to publish with a change (its delivery is tested in
+/// `change_feed_reaches_subscribers`).
+fn ev() -> Published {
+    Published {
+        origin: "test".into(),
+        event: StoreEvent::Resync,
     }
 }
 
@@ -142,18 +155,18 @@ async fn tenants(s: Arc<dyn Store>) {
         ["c", "d"]
     );
     assert!(s.list_tenants(Some("d"), 2).await.unwrap().is_empty());
-    assert!(s.delete_tenant(&a.slug).await.unwrap());
-    assert!(!s.delete_tenant(&a.slug).await.unwrap());
+    assert!(s.delete_tenant(&a.slug, "test").await.unwrap());
+    assert!(!s.delete_tenant(&a.slug, "test").await.unwrap());
 }
 
 async fn connections_optimistic_concurrency(s: Arc<dyn Store>) {
     let t = tenant("acme");
     s.create_tenant(&t).await.unwrap();
     let c = conn(&t, "enode", 1);
-    s.put_connection(&c, None).await.unwrap();
+    s.put_connection(&c, None, &ev()).await.unwrap();
     // a second insert of the same key
     assert!(matches!(
-        s.put_connection(&conn(&t, "enode", 1), None).await,
+        s.put_connection(&conn(&t, "enode", 1), None, &ev()).await,
         Err(StoreError::AlreadyExists)
     ));
     let got = s.get_connection(&key(&t, "enode")).await.unwrap().unwrap();
@@ -164,7 +177,7 @@ async fn connections_optimistic_concurrency(s: Arc<dyn Store>) {
         settings: r#"{"client_id":"x"}"#.into(),
         ..c.clone()
     };
-    s.put_connection(&v2, Some(1)).await.unwrap();
+    s.put_connection(&v2, Some(1), &ev()).await.unwrap();
     // a writer that read version 1 loses
     let stale = ConnectionRecord {
         version: 2,
@@ -172,7 +185,7 @@ async fn connections_optimistic_concurrency(s: Arc<dyn Store>) {
         ..c.clone()
     };
     assert!(matches!(
-        s.put_connection(&stale, Some(1)).await,
+        s.put_connection(&stale, Some(1), &ev()).await,
         Err(StoreError::Conflict)
     ));
     assert_eq!(
@@ -187,12 +200,14 @@ async fn connections_optimistic_concurrency(s: Arc<dyn Store>) {
     // a connection for a tenant that does not exist
     let ghost = tenant("ghost");
     assert!(matches!(
-        s.put_connection(&conn(&ghost, "x", 1), None).await,
+        s.put_connection(&conn(&ghost, "x", 1), None, &ev()).await,
         Err(StoreError::MissingParent)
     ));
 
     for p in ["b", "a"] {
-        s.put_connection(&conn(&t, p, 1), None).await.unwrap();
+        s.put_connection(&conn(&t, p, 1), None, &ev())
+            .await
+            .unwrap();
     }
     let names: Vec<_> = s
         .list_connections(&t.slug, None, 10)
@@ -204,15 +219,15 @@ async fn connections_optimistic_concurrency(s: Arc<dyn Store>) {
     assert_eq!(names, ["a", "b", "enode"]);
     let page: Vec<_> = s.list_connections(&t.slug, Some("a"), 1).await.unwrap();
     assert_eq!(page[0].provider.as_str(), "b");
-    assert!(s.delete_connection(&key(&t, "a")).await.unwrap());
-    assert!(!s.delete_connection(&key(&t, "a")).await.unwrap());
+    assert!(s.delete_connection(&key(&t, "a"), &ev()).await.unwrap());
+    assert!(!s.delete_connection(&key(&t, "a"), &ev()).await.unwrap());
 }
 
 async fn tokens_keep_the_fresher(s: Arc<dyn Store>) {
     let t = tenant("acme");
     s.create_tenant(&t).await.unwrap();
     let c = conn(&t, "p", 1);
-    s.put_connection(&c, None).await.unwrap();
+    s.put_connection(&c, None, &ev()).await.unwrap();
     assert!(s.load_token(c.id, "").await.unwrap().is_none());
     s.save_token(&token(&c, 1, 100, 1)).await.unwrap();
     assert_eq!(
@@ -258,11 +273,11 @@ async fn tokens_keep_the_fresher(s: Arc<dyn Store>) {
     );
 
     // compare-and-invalidate: an older token's hash changes nothing, the current one's drops it
-    assert!(!s.invalidate_token(c.id, "", &[1; 32]).await.unwrap());
+    assert!(!s.invalidate_token(c.id, "", &[1; 32], &ev()).await.unwrap());
     assert!(s.load_token(c.id, "").await.unwrap().is_some());
-    assert!(s.invalidate_token(c.id, "", &[4; 32]).await.unwrap());
+    assert!(s.invalidate_token(c.id, "", &[4; 32], &ev()).await.unwrap());
     assert!(s.load_token(c.id, "").await.unwrap().is_none());
-    assert!(!s.invalidate_token(c.id, "", &[4; 32]).await.unwrap());
+    assert!(!s.invalidate_token(c.id, "", &[4; 32], &ev()).await.unwrap());
     assert!(
         s.load_token(c.id, "alice").await.unwrap().is_some(),
         "other subjects untouched"
@@ -273,9 +288,9 @@ async fn cascades(s: Arc<dyn Store>) {
     let t = tenant("acme");
     s.create_tenant(&t).await.unwrap();
     let c = conn(&t, "p", 1);
-    s.put_connection(&c, None).await.unwrap();
+    s.put_connection(&c, None, &ev()).await.unwrap();
     s.save_token(&token(&c, 1, 100, 1)).await.unwrap();
-    assert!(s.delete_connection(&key(&t, "p")).await.unwrap());
+    assert!(s.delete_connection(&key(&t, "p"), &ev()).await.unwrap());
     assert!(s.load_token(c.id, "").await.unwrap().is_none());
     // a token for a deleted connection is refused, not orphaned
     assert!(matches!(
@@ -284,9 +299,9 @@ async fn cascades(s: Arc<dyn Store>) {
     ));
 
     let c2 = conn(&t, "q", 1);
-    s.put_connection(&c2, None).await.unwrap();
+    s.put_connection(&c2, None, &ev()).await.unwrap();
     s.save_token(&token(&c2, 1, 100, 1)).await.unwrap();
-    assert!(s.delete_tenant(&t.slug).await.unwrap());
+    assert!(s.delete_tenant(&t.slug, "test").await.unwrap());
     assert!(s.get_connection(&key(&t, "q")).await.unwrap().is_none());
     assert!(s.load_token(c2.id, "").await.unwrap().is_none());
 }
@@ -329,7 +344,7 @@ fn admin(s: &Arc<dyn Store>) -> Admin {
         cache: Arc::new(TokenCache::new()),
         client: TokenClient::new(Default::default()).unwrap(),
         clock: Arc::new(SystemClock),
-        notifier: Notifier::new(s.clone(), "test"),
+        notifier: Notifier::new("test"),
     };
     let policy = EndpointPolicy {
         allow_insecure: false,
@@ -456,7 +471,7 @@ async fn pending_authorizations_are_single_use(s: Arc<dyn Store>) {
     let t = tenant("acme");
     s.create_tenant(&t).await.unwrap();
     let c = conn(&t, "p", 1);
-    s.put_connection(&c, None).await.unwrap();
+    s.put_connection(&c, None, &ev()).await.unwrap();
     let pending = |state: u8, expires: i64| PendingAuthorization {
         state_sha256: vec![state; 32],
         id: Uuid::now_v7(),
@@ -511,7 +526,7 @@ async fn grants_and_refreshes(s: Arc<dyn Store>) {
     let t = tenant("acme");
     s.create_tenant(&t).await.unwrap();
     let c = conn(&t, "p", 1);
-    s.put_connection(&c, None).await.unwrap();
+    s.put_connection(&c, None, &ev()).await.unwrap();
     let g = GrantRecord {
         id: Uuid::now_v7(),
         connection_id: c.id,
@@ -519,12 +534,13 @@ async fn grants_and_refreshes(s: Arc<dyn Store>) {
         refresh_token: Some(vec![1]),
         scopes: vec!["a".into()],
         status: GrantStatus::Active,
+        version: 1,
         created_at: at(0),
         updated_at: at(0),
     };
     let mut tok = token(&c, 1, 100, 5);
     tok.subject = "alice".into();
-    s.put_grant(&g, false, Some(&tok)).await.unwrap();
+    s.put_grant(&g, false, Some(&tok), &ev()).await.unwrap();
     assert!(matches!(
         s.put_grant(
             &GrantRecord {
@@ -532,7 +548,8 @@ async fn grants_and_refreshes(s: Arc<dyn Store>) {
                 ..g.clone()
             },
             false,
-            None
+            None,
+            &ev()
         )
         .await,
         Err(StoreError::AlreadyExists)
@@ -585,9 +602,11 @@ async fn grants_and_refreshes(s: Arc<dyn Store>) {
         Err(StoreError::Conflict)
     ));
 
-    s.set_grant_status(g.id, GrantStatus::ReauthorizationRequired, at(5))
-        .await
-        .unwrap();
+    assert!(
+        s.set_grant_status(g.id, g.version, GrantStatus::ReauthorizationRequired, at(5))
+            .await
+            .unwrap()
+    );
     assert_eq!(
         s.get_grant(c.id, "alice").await.unwrap().unwrap().status,
         GrantStatus::ReauthorizationRequired
@@ -596,10 +615,11 @@ async fn grants_and_refreshes(s: Arc<dyn Store>) {
     let again = GrantRecord {
         refresh_token: Some(vec![3]),
         status: GrantStatus::Active,
+        version: g.version + 1,
         updated_at: at(9),
         ..g.clone()
     };
-    s.put_grant(&again, true, None).await.unwrap();
+    s.put_grant(&again, true, None, &ev()).await.unwrap();
     assert_eq!(s.get_grant(c.id, "alice").await.unwrap().unwrap(), again);
     assert!(s.load_token(c.id, "alice").await.unwrap().is_none());
 
@@ -608,7 +628,7 @@ async fn grants_and_refreshes(s: Arc<dyn Store>) {
         subject: "bob".into(),
         ..g.clone()
     };
-    s.put_grant(&bob, false, None).await.unwrap();
+    s.put_grant(&bob, false, None, &ev()).await.unwrap();
     let subjects: Vec<_> = s
         .list_grants(c.id, None, 10)
         .await
@@ -623,14 +643,14 @@ async fn grants_and_refreshes(s: Arc<dyn Store>) {
     );
 
     s.save_refreshed(g.id, None, &t3).await.unwrap();
-    assert!(s.delete_grant(c.id, "alice").await.unwrap());
+    assert!(s.delete_grant(c.id, "alice", &ev()).await.unwrap());
     assert!(
         s.load_token(c.id, "alice").await.unwrap().is_none(),
         "its token goes with it"
     );
-    assert!(!s.delete_grant(c.id, "alice").await.unwrap());
+    assert!(!s.delete_grant(c.id, "alice", &ev()).await.unwrap());
     // deleting the connection takes the rest
-    assert!(s.delete_connection(&key(&t, "p")).await.unwrap());
+    assert!(s.delete_connection(&key(&t, "p"), &ev()).await.unwrap());
     assert!(s.get_grant(c.id, "bob").await.unwrap().is_none());
 }
 
@@ -658,7 +678,7 @@ async fn refresh_leases_are_exclusive_and_fenced(s: Arc<dyn Store>) {
     let t = tenant("acme");
     s.create_tenant(&t).await.unwrap();
     let c = conn(&t, "p", 1);
-    s.put_connection(&c, None).await.unwrap();
+    s.put_connection(&c, None, &ev()).await.unwrap();
 
     // One holder at a time; the first lease of a key creates its row.
     let a = s
@@ -684,7 +704,7 @@ async fn refresh_leases_are_exclusive_and_fenced(s: Arc<dyn Store>) {
 
     // Released: the next holder gets the next generation.
     assert_eq!(
-        s.finish_lease(c.id, "", a.generation, LeaseEnd::Released)
+        s.finish_lease(c.id, "", a.generation, LeaseEnd::Released, &ev())
             .await
             .unwrap(),
         LeaseWrite::Written
@@ -701,12 +721,13 @@ async fn refresh_leases_are_exclusive_and_fenced(s: Arc<dyn Store>) {
     assert_eq!(c3.generation, 3);
     // B's lease is gone: it may no longer start a refresh...
     assert!(
-        !s.mark_refresh_attempt(c.id, "", b.generation)
+        s.mark_refresh_attempt(c.id, "", b.generation, D::from_secs(10))
             .await
             .unwrap()
+            .is_none()
     );
     assert_eq!(
-        s.finish_lease(c.id, "", b.generation, LeaseEnd::Released)
+        s.finish_lease(c.id, "", b.generation, LeaseEnd::Released, &ev())
             .await
             .unwrap(),
         LeaseWrite::Fenced
@@ -714,9 +735,10 @@ async fn refresh_leases_are_exclusive_and_fenced(s: Arc<dyn Store>) {
 
     // C starts a refresh; while it runs, D cannot take the lease.
     assert!(
-        s.mark_refresh_attempt(c.id, "", c3.generation)
+        s.mark_refresh_attempt(c.id, "", c3.generation, D::from_secs(10))
             .await
             .unwrap()
+            .is_some()
     );
     let tok = token(&c, 1, 500, 9);
     // An attempt of an older generation that is not the recorded one is fenced off.
@@ -728,7 +750,8 @@ async fn refresh_leases_are_exclusive_and_fenced(s: Arc<dyn Store>) {
             LeaseEnd::Token {
                 token: &tok,
                 grant: None
-            }
+            },
+            &ev()
         )
         .await
         .unwrap(),
@@ -744,7 +767,8 @@ async fn refresh_leases_are_exclusive_and_fenced(s: Arc<dyn Store>) {
             LeaseEnd::Token {
                 token: &tok,
                 grant: None
-            }
+            },
+            &ev()
         )
         .await
         .unwrap(),
@@ -763,9 +787,10 @@ async fn refresh_leases_are_exclusive_and_fenced(s: Arc<dyn Store>) {
 
     // D sends a refresh and dies: its lease runs out, the attempt stays recorded.
     assert!(
-        s.mark_refresh_attempt(c.id, "", d.generation)
+        s.mark_refresh_attempt(c.id, "", d.generation, SHORT)
             .await
             .unwrap()
+            .is_some()
     );
     let e = take_over(&s, c.id, "replica-e").await;
     assert!(
@@ -782,7 +807,8 @@ async fn refresh_leases_are_exclusive_and_fenced(s: Arc<dyn Store>) {
             LeaseEnd::Token {
                 token: &late,
                 grant: None
-            }
+            },
+            &ev()
         )
         .await
         .unwrap(),
@@ -806,7 +832,8 @@ async fn refresh_leases_are_exclusive_and_fenced(s: Arc<dyn Store>) {
                 connection_version: 1,
                 until: Some(until),
                 outcome_known: true
-            }
+            },
+            &ev()
         )
         .await
         .unwrap(),
@@ -828,6 +855,7 @@ async fn refresh_leases_are_exclusive_and_fenced(s: Arc<dyn Store>) {
             token: &token(&c, 1, 1000, 8),
             grant: None,
         },
+        &ev(),
     )
     .await
     .unwrap();
@@ -848,6 +876,7 @@ async fn refresh_leases_are_exclusive_and_fenced(s: Arc<dyn Store>) {
             until: Some(at(0)),
             outcome_known: true,
         },
+        &ev(),
     )
     .await
     .unwrap();
@@ -915,7 +944,7 @@ async fn refresh_ahead_keeps_used_tokens_warm_and_lets_idle_ones_expire(s: Arc<d
         })
         .unwrap(),
         clock: Arc::new(clock.clone()),
-        notifier: Notifier::new(s.clone(), "test"),
+        notifier: Notifier::new("test"),
     };
     let policy = EndpointPolicy {
         allow_insecure: true,
@@ -984,4 +1013,298 @@ async fn refresh_ahead_keeps_used_tokens_warm_and_lets_idle_ones_expire(s: Arc<d
     let used = count("used").await;
     assert!((6..=8).contains(&used), "used key fetched {used} times");
     assert_eq!(count("idle").await, 1, "an idle key is left to expire");
+}
+
+async fn heartbeats_keep_a_lease_and_shutdown_releases_it(s: Arc<dyn Store>) {
+    use std::time::Duration as D;
+    let t = tenant("acme");
+    s.create_tenant(&t).await.unwrap();
+    let c = conn(&t, "p", 1);
+    s.put_connection(&c, None, &ev()).await.unwrap();
+    let a = s
+        .try_lease(c.id, "", "replica-a", D::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        s.renew_lease(c.id, "", a.generation, D::from_secs(30))
+            .await
+            .unwrap(),
+        "the holder renews its own lease"
+    );
+    // Shutdown: replica-a gives its leases up; B takes over at once, not after the TTL.
+    assert_eq!(s.release_leases("replica-a").await.unwrap(), 1);
+    assert_eq!(s.release_leases("replica-a").await.unwrap(), 0);
+    let b = s
+        .try_lease(c.id, "", "replica-b", D::from_secs(30))
+        .await
+        .unwrap()
+        .expect("a released lease is free at once");
+    assert!(b.generation > a.generation);
+    assert!(
+        !s.renew_lease(c.id, "", a.generation, D::from_secs(30))
+            .await
+            .unwrap(),
+        "a lease taken over is not renewed by its former holder"
+    );
+    assert!(
+        s.renew_lease(c.id, "", b.generation, D::from_secs(30))
+            .await
+            .unwrap()
+    );
+}
+
+async fn a_refresh_attempt_blocks_takeover_until_its_deadline(s: Arc<dyn Store>) {
+    use std::time::Duration as D;
+    let t = tenant("acme");
+    s.create_tenant(&t).await.unwrap();
+    let c = conn(&t, "p", 1);
+    s.put_connection(&c, None, &ev()).await.unwrap();
+    let a = s
+        .try_lease(c.id, "alice", "replica-a", D::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let mark = s
+        .mark_refresh_attempt(c.id, "alice", a.generation, D::from_secs(30))
+        .await
+        .unwrap()
+        .expect("the holder may mark an attempt");
+    assert_eq!(mark.deadline_in, D::from_secs(30));
+    // A's lease is gone (as if it lapsed) while its request may still be in flight: nobody
+    // may take the lease, or the refresh token could be sent twice.
+    s.release_leases("replica-a").await.unwrap();
+    assert!(
+        s.try_lease(c.id, "alice", "replica-b", D::from_secs(30))
+            .await
+            .unwrap()
+            .is_none(),
+        "an attempt within its deadline blocks takeover"
+    );
+    // A's answer arrives: its attempt is the recorded one, so it is written (rotated token
+    // and all) although A no longer holds the lease.
+    let mut tok = token(&c, 1, 500, 4);
+    tok.subject = "alice".into();
+    assert_eq!(
+        s.finish_lease(
+            c.id,
+            "alice",
+            a.generation,
+            LeaseEnd::Token {
+                token: &tok,
+                grant: None
+            },
+            &ev()
+        )
+        .await
+        .unwrap(),
+        LeaseWrite::Written
+    );
+    let b = s
+        .try_lease(c.id, "alice", "replica-b", D::from_secs(30))
+        .await
+        .unwrap()
+        .expect("a finished attempt no longer blocks");
+    assert!(!b.unfinished_attempt);
+
+    // An attempt whose outcome is unknown (timeout) frees the key at once, but tells the
+    // next holder that the refresh token may have been consumed.
+    s.mark_refresh_attempt(c.id, "alice", b.generation, D::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    s.finish_lease(
+        c.id,
+        "alice",
+        b.generation,
+        LeaseEnd::Failed {
+            error: "",
+            connection_version: 1,
+            until: None,
+            outcome_known: false,
+        },
+        &ev(),
+    )
+    .await
+    .unwrap();
+    let c3 = s
+        .try_lease(c.id, "alice", "replica-c", D::from_secs(30))
+        .await
+        .unwrap()
+        .expect("a finished attempt of unknown outcome does not block");
+    assert!(c3.unfinished_attempt);
+}
+
+async fn a_refresh_never_writes_over_a_revoked_or_reauthorized_grant(s: Arc<dyn Store>) {
+    use std::time::Duration as D;
+    use tokenvend_core::store::GrantWrite;
+    let t = tenant("acme");
+    s.create_tenant(&t).await.unwrap();
+    let c = conn(&t, "p", 1);
+    s.put_connection(&c, None, &ev()).await.unwrap();
+    let g = GrantRecord {
+        id: Uuid::now_v7(),
+        connection_id: c.id,
+        subject: "alice".into(),
+        refresh_token: Some(vec![1]),
+        scopes: vec![],
+        status: GrantStatus::Active,
+        version: 1,
+        created_at: at(0),
+        updated_at: at(0),
+    };
+    s.put_grant(&g, false, None, &ev()).await.unwrap();
+    let mut tok = token(&c, 1, 500, 4);
+    tok.subject = "alice".into();
+    let refresh = |lease: i64, version: i64, rt: &'static [u8]| {
+        let s = s.clone();
+        let tok = tok.clone();
+        async move {
+            s.finish_lease(
+                c.id,
+                "alice",
+                lease,
+                LeaseEnd::Token {
+                    token: &tok,
+                    grant: Some(GrantWrite {
+                        id: g.id,
+                        version,
+                        refresh_token: Some(rt),
+                    }),
+                },
+                &ev(),
+            )
+            .await
+            .unwrap()
+        }
+    };
+
+    // Re-authorized (version 2) while a refresh of version 1 ran: its result is dropped.
+    let a = s
+        .try_lease(c.id, "alice", "a", D::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let again = GrantRecord {
+        refresh_token: Some(vec![2]),
+        version: 2,
+        ..g.clone()
+    };
+    s.put_grant(&again, true, None, &ev()).await.unwrap();
+    assert!(
+        !s.set_grant_status(g.id, 1, GrantStatus::ReauthorizationRequired, at(1))
+            .await
+            .unwrap(),
+        "a refusal of the old chain does not mark the new grant"
+    );
+    assert_eq!(
+        refresh(a.generation, 1, b"old-chain").await,
+        LeaseWrite::GrantChanged
+    );
+    let stored = s.get_grant(c.id, "alice").await.unwrap().unwrap();
+    assert_eq!(stored.refresh_token, Some(vec![2]), "the new chain is kept");
+    assert_eq!(stored.status, GrantStatus::Active);
+    assert!(s.load_token(c.id, "alice").await.unwrap().is_none());
+    // The lease was released all the same.
+    let b = s
+        .try_lease(c.id, "alice", "b", D::from_secs(30))
+        .await
+        .unwrap()
+        .expect("released");
+    // A refresh under the current version is written, rotated refresh token included.
+    assert_eq!(refresh(b.generation, 2, b"new").await, LeaseWrite::Written);
+    assert_eq!(
+        s.get_grant(c.id, "alice")
+            .await
+            .unwrap()
+            .unwrap()
+            .refresh_token,
+        Some(b"new".to_vec())
+    );
+
+    // Revoked while a refresh ran: no orphan token is written for the gone subject.
+    let d = s
+        .try_lease(c.id, "alice", "d", D::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(s.delete_grant(c.id, "alice", &ev()).await.unwrap());
+    assert_eq!(
+        refresh(d.generation, 2, b"orphan").await,
+        LeaseWrite::GrantChanged
+    );
+    assert!(s.load_token(c.id, "alice").await.unwrap().is_none());
+    assert!(s.get_grant(c.id, "alice").await.unwrap().is_none());
+}
+
+async fn changes_announce_themselves_in_their_transaction(s: Arc<dyn Store>) {
+    let mut rx = s.subscribe();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), async {
+        while rx.recv().await.unwrap().event != StoreEvent::Resync {}
+    })
+    .await;
+    async fn recv(rx: &mut tokio::sync::broadcast::Receiver<Published>) -> Published {
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            loop {
+                let p = rx.recv().await.unwrap();
+                if p.event != StoreEvent::Resync {
+                    return p;
+                }
+            }
+        })
+        .await
+        .expect("the change is announced")
+    }
+    let named = |what: &str| Published {
+        origin: "replica-a".into(),
+        event: StoreEvent::ConnectionChanged {
+            tenant: "acme".into(),
+            provider: what.into(),
+        },
+    };
+    let t = tenant("acme");
+    s.create_tenant(&t).await.unwrap();
+    let c = conn(&t, "p", 1);
+    s.put_connection(&c, None, &named("put")).await.unwrap();
+    assert_eq!(recv(&mut rx).await, named("put"));
+    // A put that loses its optimistic check announces nothing; the next one does.
+    assert!(matches!(
+        s.put_connection(&conn(&t, "p", 2), Some(7), &named("lost"))
+            .await,
+        Err(StoreError::Conflict)
+    ));
+    let mut tok = token(&c, 1, 500, 4);
+    tok.token_sha256 = vec![4; 32];
+    s.save_token(&tok).await.unwrap();
+    assert!(
+        !s.invalidate_token(c.id, "", &[9; 32], &named("not-current"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.invalidate_token(c.id, "", &[4; 32], &named("invalidated"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        recv(&mut rx).await,
+        named("invalidated"),
+        "neither the lost put nor the stale invalidation was announced"
+    );
+    s.put_connection(&conn(&t, "q", 1), None, &named("q"))
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut rx).await, named("q"));
+    // Deleting the tenant announces each of its connections.
+    assert!(s.delete_tenant(&t.slug, "replica-b").await.unwrap());
+    let mut gone = vec![recv(&mut rx).await, recv(&mut rx).await];
+    gone.sort_by_key(|p| format!("{:?}", p.event));
+    let expect = |p: &str| Published {
+        origin: "replica-b".into(),
+        event: StoreEvent::ConnectionChanged {
+            tenant: "acme".into(),
+            provider: p.into(),
+        },
+    };
+    assert_eq!(gone, vec![expect("p"), expect("q")]);
 }
