@@ -9,6 +9,7 @@ mod authcode;
 mod errors;
 mod fleet;
 mod grants;
+mod hardening;
 mod lifecycle;
 mod providers;
 mod reflection;
