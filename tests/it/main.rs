@@ -11,6 +11,7 @@ mod fleet;
 mod grants;
 mod lifecycle;
 mod providers;
+mod proxy;
 mod reflection;
 mod stampede;
 mod walkthrough;

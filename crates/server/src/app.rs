@@ -90,6 +90,14 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             "TOKENVEND_ALLOW_INSECURE_ENDPOINTS=true: http:// and internal provider URLs are allowed (development only)"
         );
     }
+    let provider_proxy = args.provider_proxy()?;
+    if let Some(proxy) = &provider_proxy {
+        // The host only: a proxy URL may carry credentials.
+        tracing::info!(
+            proxy_host = proxy.host_str(),
+            "provider calls go through the configured proxy"
+        );
+    }
     // The lease must outlive a provider request with all its retries, or a slow holder's
     // refresh could overlap the next holder's.
     let attempts = TokenClientConfig::default().max_attempts;
@@ -120,6 +128,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         request_timeout: args.provider_timeout,
         connect_timeout: args.provider_timeout.min(std::time::Duration::from_secs(3)),
         allow_insecure: args.allow_insecure_endpoints,
+        proxy: provider_proxy,
         ..Default::default()
     })
     .context("building the HTTP client")?;
