@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use tokenvend_testkit::oidc::OidcServer;
 use tonic::Code;
 
-use crate::support::{Client, Opts, Server, reason};
+use crate::support::{Client, Opts, Server, grant_connection, grant_provider, reason};
 
 struct Setup {
     oidc: OidcServer,
@@ -320,4 +320,119 @@ async fn refused_expired_and_unknown_flows_store_nothing() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
+}
+
+/// Every callback page carries headers that keep it out of caches, frames and Referers,
+/// and shows no text the provider (or whoever sent the browser) chose: only an RFC 6749
+/// error code, escaped, and never `error_description`.
+#[tokio::test]
+async fn callback_pages_are_private_and_show_no_provider_text() {
+    const PLANTED: &str = "planted-description-Vw3";
+    let provider = grant_provider(|_| wiremock::ResponseTemplate::new(500)).await;
+    let server = Server::start(Opts {
+        env: vec![(
+            "TOKENVEND_PUBLIC_URL",
+            "https://tokenvend.example.com".into(),
+        )],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let c = server.client().await;
+    grant_connection(&c, &provider, None).await;
+    let start = |subject: &'static str| {
+        let c = c.clone();
+        async move {
+            c.call(
+                "AdminService/StartAuthorization",
+                json!({"tenant": "acme", "provider": "p", "subject": subject}),
+            )
+            .await
+            .unwrap()["state"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let callback = |pairs: &[(&str, &str)]| {
+        let mut url = url::Url::parse(&format!("{}/oauth/callback", server.http)).unwrap();
+        url.query_pairs_mut().extend_pairs(pairs);
+        async move {
+            let r = reqwest::get(url.as_str()).await.unwrap();
+            let h = r.headers();
+            assert_eq!(h["cache-control"], "no-store", "{url}");
+            assert_eq!(h["pragma"], "no-cache", "{url}");
+            let csp = h["content-security-policy"].to_str().unwrap();
+            assert!(
+                csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"),
+                "{url}: {csp}"
+            );
+            assert_eq!(h["x-content-type-options"], "nosniff", "{url}");
+            assert_eq!(h["referrer-policy"], "no-referrer", "{url}");
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+
+    let state = start("dave").await;
+    let (status, page) = callback(&[("code", "the-code"), ("state", &state)]).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("tokenvend now holds the grant of dave at p for tenant acme"),
+        "{page}"
+    );
+
+    let state = start("erin").await;
+    let description = format!("<script>alert(1)</script>Call +1 555 0100, {PLANTED}");
+    let (status, page) = callback(&[
+        ("error", "access_denied"),
+        ("error_description", &description),
+        ("state", &state),
+    ])
+    .await;
+    assert_eq!(status, 400, "{page}");
+    assert!(page.contains("error code access_denied"), "{page}");
+    assert!(
+        !page.contains(PLANTED) && !page.contains("<script") && !page.contains("555"),
+        "{page}"
+    );
+
+    // A code outside RFC 6749's charset, or too long, is not echoed; one inside it is
+    // escaped (its charset includes < and >).
+    let long = "x".repeat(65);
+    for bad in [
+        "planted\"code",
+        "planted\\code",
+        "planted\u{e9}code",
+        long.as_str(),
+    ] {
+        let (status, page) = callback(&[("error", bad), ("error_description", PLANTED)]).await;
+        assert_eq!(status, 400, "{page}");
+        assert!(page.contains("error code unknown"), "{bad}: {page}");
+        assert!(
+            !page.contains("planted") && !page.contains(&long),
+            "{bad}: {page}"
+        );
+    }
+    let (_, page) = callback(&[("error", "<i>denied</i>")]).await;
+    assert!(
+        page.contains("error code &lt;i&gt;denied&lt;/i&gt;"),
+        "{page}"
+    );
+    assert!(!page.contains("<i>"), "{page}");
+
+    // Refused state, missing parameters, an unreadable query: same headers.
+    let (status, _) = callback(&[("code", "x"), ("state", "forged")]).await;
+    assert_eq!(status, 400);
+    let (status, _) = callback(&[]).await;
+    assert_eq!(status, 400);
+    let (status, page) = callback(&[("code", "a"), ("code", "b"), ("state", "s")]).await;
+    assert_eq!(status, 400, "{page}");
+
+    // The log names the error code, never the description.
+    let logs = server.output();
+    assert!(logs.contains("access_denied"));
+    assert!(
+        !logs.contains(PLANTED),
+        "the error_description reached the log"
+    );
 }

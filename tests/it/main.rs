@@ -12,6 +12,7 @@ mod grants;
 mod hardening;
 mod lifecycle;
 mod providers;
+mod proxy;
 mod reflection;
 mod stampede;
 mod walkthrough;

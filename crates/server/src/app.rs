@@ -103,6 +103,14 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         ..VendorConfig::default()
     };
     check_timing(&vendor_config)?;
+    let provider_proxy = args.provider_proxy()?;
+    if let Some(proxy) = &provider_proxy {
+        // The host only: a proxy URL may carry credentials.
+        tracing::info!(
+            proxy_host = proxy.host_str(),
+            "provider calls go through the configured proxy"
+        );
+    }
     let replica = args.replica_id.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/etc/hostname")
             .map(|h| h.trim().to_owned())
@@ -123,6 +131,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         request_timeout: args.provider_timeout,
         connect_timeout: args.provider_timeout.min(std::time::Duration::from_secs(3)),
         allow_insecure: args.allow_insecure_endpoints,
+        proxy: provider_proxy,
         ..Default::default()
     })
     .context("building the HTTP client")?;

@@ -107,6 +107,10 @@ pub struct ServeArgs {
     /// Development only: allow http:// and loopback/private provider URLs.
     #[arg(long, env = "TOKENVEND_ALLOW_INSECURE_ENDPOINTS", default_value = "false", value_parser = parse_bool)]
     pub allow_insecure_endpoints: bool,
+    /// Forward proxy for every provider call, an http:// or https:// URL. Unset: provider
+    /// calls connect directly, whatever HTTP_PROXY, HTTPS_PROXY or ALL_PROXY say.
+    #[arg(long, env = "TOKENVEND_PROVIDER_PROXY", hide_env_values = true)]
+    pub provider_proxy: Option<String>,
     /// Minimum remaining lifetime of a returned token when the caller sets none.
     #[arg(long, env = "TOKENVEND_DEFAULT_MIN_TTL", default_value = "60s", value_parser = parse_duration)]
     pub default_min_ttl: Duration,
@@ -153,6 +157,29 @@ pub struct ServeArgs {
     pub log: String,
 }
 
+/// `TOKENVEND_PROVIDER_PROXY` is not a usable proxy URL. The value is not repeated: a
+/// proxy URL may carry credentials.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "TOKENVEND_PROVIDER_PROXY (--provider-proxy) must be an http:// or https:// URL with a host, e.g. http://proxy.internal:3128"
+)]
+pub struct BadProviderProxy;
+
+impl ServeArgs {
+    /// The operator's proxy for provider calls, checked at start-up rather than on the
+    /// first token request.
+    pub fn provider_proxy(&self) -> Result<Option<url::Url>, BadProviderProxy> {
+        let Some(raw) = &self.provider_proxy else {
+            return Ok(None);
+        };
+        let url = url::Url::parse(raw.trim()).map_err(|_| BadProviderProxy)?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+            return Err(BadProviderProxy);
+        }
+        Ok(Some(url))
+    }
+}
+
 /// Booleans accept exactly true/false/1/0: anything else is a typo worth refusing.
 pub fn parse_bool(s: &str) -> Result<bool, String> {
     match s.trim().to_ascii_lowercase().as_str() {
@@ -193,5 +220,31 @@ mod tests {
         assert!(parse_bool("1").unwrap());
         assert!(!parse_bool("FALSE").unwrap());
         assert!(parse_bool("yes").is_err());
+    }
+
+    #[test]
+    fn provider_proxy() {
+        let proxy = |v: &str| {
+            let cli = Cli::try_parse_from(["tokenvend", "serve", "--provider-proxy", v]).unwrap();
+            let Command::Serve(args) = cli.command else {
+                unreachable!()
+            };
+            args.provider_proxy().map(|u| u.map(String::from))
+        };
+        assert_eq!(
+            proxy("http://proxy.internal:3128").unwrap().as_deref(),
+            Some("http://proxy.internal:3128/")
+        );
+        assert!(proxy("https://u:p@10.0.0.1").unwrap().is_some());
+        for bad in [
+            "socks5://10.0.0.1:1080",
+            "proxy:3128",
+            "10.0.0.1:3128",
+            "file:///x",
+            "http://",
+        ] {
+            let err = proxy(bad).unwrap_err().to_string();
+            assert!(err.starts_with("TOKENVEND_PROVIDER_PROXY"), "{bad}: {err}");
+        }
     }
 }

@@ -6,9 +6,15 @@ use std::sync::Arc;
 
 use axum::{
     Router,
-    extract::{Query, State},
-    http::StatusCode,
-    response::Html,
+    extract::{Query, State, rejection::QueryRejection},
+    http::{
+        HeaderName, HeaderValue, StatusCode,
+        header::{
+            CACHE_CONTROL, CONTENT_SECURITY_POLICY, PRAGMA, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS,
+        },
+    },
+    middleware,
+    response::{Html, Response},
     routing::get,
 };
 use serde::Deserialize;
@@ -30,8 +36,35 @@ pub fn router(store: Arc<dyn Store>, grants: Arc<Grants>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .route(CALLBACK_PATH, get(callback))
+        .route(
+            CALLBACK_PATH,
+            get(callback).layer(middleware::map_response(callback_headers)),
+        )
         .with_state(AppState { store, grants })
+}
+
+/// On every callback page, whatever produced it. The page names a tenant and an end user,
+/// so no cache may keep it; it is static text, so it may run nothing, load nothing and be
+/// framed by no one (clickjacking); and its URL carries the code and state, so no link
+/// may take it along as a Referer.
+const CALLBACK_HEADERS: [(HeaderName, &str); 5] = [
+    (CACHE_CONTROL, "no-store"),
+    (PRAGMA, "no-cache"),
+    (
+        CONTENT_SECURITY_POLICY,
+        "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    ),
+    (X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    (REFERRER_POLICY, "no-referrer"),
+];
+
+async fn callback_headers(mut response: Response) -> Response {
+    for (name, value) in CALLBACK_HEADERS {
+        response
+            .headers_mut()
+            .insert(name, HeaderValue::from_static(value));
+    }
+    response
 }
 
 /// Ready while the process serves. A database outage does not make a replica unready: its
@@ -50,20 +83,40 @@ async fn ready(State(app): State<AppState>) -> (StatusCode, &'static str) {
     }
 }
 
+/// `error_description` is deliberately not read: it is whatever text the party that sent
+/// the browser here chose, and would be shown under our name.
 #[derive(Deserialize)]
 struct CallbackParams {
     code: Option<String>,
     state: Option<String>,
     error: Option<String>,
-    error_description: Option<String>,
+}
+
+/// The `error` parameter if it is an RFC 6749 error code (§4.1.2.1: `%x20-21 / %x23-5B /
+/// %x5D-7E`) of a sane length, else "unknown": only a code is shown or logged.
+fn oauth_error_code(raw: &str) -> &str {
+    let valid = (1..=64).contains(&raw.len())
+        && raw
+            .bytes()
+            .all(|b| matches!(b, 0x20..=0x21 | 0x23..=0x5b | 0x5d..=0x7e));
+    if valid { raw } else { "unknown" }
 }
 
 /// Where the provider sends the end user's browser after the login: `?code=&state=` on
 /// success, `?error=&state=` when the user (or the provider) said no.
 async fn callback(
     State(app): State<AppState>,
-    Query(q): Query<CallbackParams>,
+    query: Result<Query<CallbackParams>, QueryRejection>,
 ) -> (StatusCode, Html<String>) {
+    let Ok(Query(q)) = query else {
+        return (
+            StatusCode::BAD_REQUEST,
+            page(
+                "Authorization failed",
+                "The callback's query string could not be read.",
+            ),
+        );
+    };
     match (q.error, q.code, q.state) {
         (Some(error), _, state) => {
             if let Some(state) = state {
@@ -72,13 +125,18 @@ async fn callback(
                     tracing::debug!(error = %e, "callback with error for an unusable state");
                 }
             }
-            let detail = q.error_description.unwrap_or_default();
-            tracing::info!(oauth_error = %error, "authorization not granted at the provider");
+            let code = oauth_error_code(&error);
+            tracing::info!(
+                oauth_error = code,
+                "authorization not granted at the provider"
+            );
             (
                 StatusCode::BAD_REQUEST,
                 page(
                     "Authorization was not granted",
-                    &format!("The provider reported: {error}. {detail}"),
+                    &format!(
+                        "The provider reported the error code {code}. Nothing was stored; you can close this window."
+                    ),
                 ),
             )
         }
@@ -136,4 +194,32 @@ fn escape(s: &str) -> String {
             c => c.to_string(),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_rfc6749_error_codes_are_shown() {
+        for ok in [
+            "access_denied",
+            "temporarily_unavailable",
+            "a b!",
+            "<i>",
+            &"x".repeat(64),
+        ] {
+            assert_eq!(oauth_error_code(ok), ok);
+        }
+        for bad in [
+            "",
+            "quo\"te",
+            "back\\slash",
+            "tab\there",
+            "caf\u{e9}",
+            &"x".repeat(65),
+        ] {
+            assert_eq!(oauth_error_code(bad), "unknown", "{bad:?}");
+        }
+    }
 }

@@ -4,10 +4,12 @@
 //!   temp dir, as the `postgres` user when running as root), a fresh database per test.
 //! - [`oidc`]: a real OAuth 2.0 authorization server (the `oidc-provider` npm package).
 //! - [`process`]: child processes that die with the test and whose output can be grepped.
+//! - [`proxy`]: a forward proxy that counts its connections.
 
 pub mod oidc;
 pub mod postgres;
 pub mod process;
+pub mod proxy;
 
 /// A free TCP port on loopback (bound, read, released).
 pub fn free_port() -> u16 {

@@ -81,7 +81,14 @@ impl Proc {
             if let Some(status) = self.child.try_wait()? {
                 bail!("process exited ({status}) before printing {needle:?}:\n{out}");
             }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            // An exiting process closes its pipes (the last wake-up) a moment before it can
+            // be reaped: the step notices the exit that follows, as in `wait_exit`.
+            let step = tokio::time::Instant::now() + Duration::from_millis(200);
+            if tokio::time::timeout_at(step.min(deadline), changed)
+                .await
+                .is_err()
+                && tokio::time::Instant::now() >= deadline
+            {
                 bail!("timed out waiting for {needle:?}:\n{out}");
             }
         }

@@ -1,6 +1,9 @@
 //! The outbound HTTP call to a token endpoint: one shared reqwest `Client` (connection
 //! pooling, rustls), no redirects (a redirect would carry credentials elsewhere), a body
-//! cap, and a DNS filter that keeps production from reaching internal addresses.
+//! cap, and an address guard that keeps production from reaching internal addresses:
+//! a DNS filter when tokenvend connects itself, a check of the target before each request
+//! when an operator's proxy connects for it. The environment's `HTTP(S)_PROXY`/`ALL_PROXY`
+//! are never used: a proxy resolves the target itself, past the DNS filter.
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
@@ -19,6 +22,9 @@ use crate::connection::{ClientAuth, is_internal};
 /// Bodies larger than this are not token responses; reading stops there.
 const MAX_BODY: usize = 64 * 1024;
 
+/// Why a request to an internal address was refused (by the resolver or `check_target`).
+const INTERNAL_REFUSED: &str = "the token URL resolves to an internal address (refused; see TOKENVEND_ALLOW_INSECURE_ENDPOINTS)";
+
 #[derive(Clone, Debug)]
 pub struct TokenClientConfig {
     /// Bound on one HTTP exchange with a provider.
@@ -26,6 +32,9 @@ pub struct TokenClientConfig {
     pub connect_timeout: Duration,
     /// Development only: allow loopback/private addresses (see `EndpointPolicy`).
     pub allow_insecure: bool,
+    /// The operator's forward proxy for every provider call (`TOKENVEND_PROVIDER_PROXY`).
+    /// `None`: direct connections, whatever the environment's proxy variables say.
+    pub proxy: Option<Url>,
     /// Attempts for requests that may be repeated safely (client credentials).
     pub max_attempts: u32,
     /// First back-off between attempts; doubles each time, with jitter.
@@ -43,6 +52,7 @@ impl Default for TokenClientConfig {
             request_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(3),
             allow_insecure: false,
+            proxy: None,
             max_attempts: 3,
             initial_backoff: Duration::from_millis(200),
             breaker_threshold: 5,
@@ -131,9 +141,14 @@ impl TokenClient {
             .connect_timeout(config.connect_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("tokenvend/", env!("CARGO_PKG_VERSION")));
-        if !config.allow_insecure {
-            builder = builder.dns_resolver(PublicOnlyResolver);
-        }
+        // Only an explicitly configured proxy is used. Through it the proxy host is the only
+        // name we resolve, and the operator chose it (it may well be internal), so the DNS
+        // filter stays off and `check_target` guards the target instead.
+        builder = match &config.proxy {
+            Some(proxy) => builder.proxy(reqwest::Proxy::all(proxy.as_str())?),
+            None if config.allow_insecure => builder.no_proxy(),
+            None => builder.no_proxy().dns_resolver(PublicOnlyResolver),
+        };
         Ok(Self {
             http: builder.build()?,
             config,
@@ -221,6 +236,7 @@ impl TokenClient {
     }
 
     async fn fetch_once(&self, req: &TokenRequest<'_>) -> Result<TokenResponse, ProviderError> {
+        self.check_target(req.token_url).await?;
         let mut form: Vec<(&str, &str)> = vec![("grant_type", req.grant.grant_type())];
         let scope = req.scopes.join(" ");
         match &req.grant {
@@ -285,6 +301,7 @@ impl TokenClient {
     ) -> Result<(), ProviderError> {
         let mut attempt = 1;
         loop {
+            self.check_target(revocation_url).await?;
             let mut form: Vec<(&str, &str)> = vec![("token", token.expose_secret())];
             let builder = self.authenticated_post(revocation_url, credentials, &mut form)?;
             let resp = match builder.form(&form).send().await {
@@ -327,6 +344,46 @@ impl TokenClient {
                 }),
             };
         }
+    }
+
+    /// The address guard when an operator's proxy connects for us: the proxy resolves the
+    /// provider's host, so `PublicOnlyResolver` never sees it. The target is resolved here
+    /// before the request leaves (an IP literal is checked as is) and refused if *any* of
+    /// its addresses is internal — which one the proxy picks is not ours to choose. A proxy
+    /// with its own view of DNS (split horizon, a rebinding answer between this lookup and
+    /// its own) can still differ: an operator's proxy should refuse internal targets too.
+    async fn check_target(&self, url: &Url) -> Result<(), ProviderError> {
+        if self.config.allow_insecure || self.config.proxy.is_none() {
+            return Ok(());
+        }
+        let internal = match url.host() {
+            Some(url::Host::Ipv4(ip)) => is_internal(ip.into()),
+            Some(url::Host::Ipv6(ip)) => is_internal(ip.into()),
+            Some(url::Host::Domain(name)) => {
+                let port = url.port_or_known_default().unwrap_or(443);
+                let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name, port))
+                    .await
+                    .map(Iterator::collect)
+                    .unwrap_or_default();
+                if addrs.is_empty() {
+                    return Err(ProviderError::Unavailable {
+                        reason: "could not resolve the provider's host name".to_owned(),
+                        retry_after: None,
+                        never_sent: true,
+                    });
+                }
+                addrs.iter().any(|a| is_internal(a.ip()))
+            }
+            None => true,
+        };
+        if internal {
+            return Err(ProviderError::Unavailable {
+                reason: INTERNAL_REFUSED.to_owned(),
+                retry_after: None,
+                never_sent: true,
+            });
+        }
+        Ok(())
     }
 
     /// A POST with `Accept: application/json`, the client authenticated as `credentials`
@@ -418,7 +475,7 @@ fn unavailable(e: &reqwest::Error, config: &TokenClientConfig) -> ProviderError 
         if refused {
             "connection refused".to_owned()
         } else if format!("{e:?}").contains("internal address") {
-            "the token URL resolves to an internal address (refused; see TOKENVEND_ALLOW_INSECURE_ENDPOINTS)".to_owned()
+            INTERNAL_REFUSED.to_owned()
         } else {
             "could not connect (DNS, TCP or TLS failure)".to_owned()
         }
@@ -460,7 +517,103 @@ impl Resolve for PublicOnlyResolver {
 
 #[cfg(test)]
 mod tests {
+    use tokenvend_testkit::proxy::{CountingProxy, PROXY_TOKEN};
+
     use super::*;
+
+    /// A client whose configured proxy is `proxy`, known by an internal name (`localhost`),
+    /// as an operator's proxy may well be.
+    fn client(proxy: &CountingProxy, allow_insecure: bool) -> TokenClient {
+        TokenClient::new(TokenClientConfig {
+            proxy: Some(Url::parse(&proxy.url("localhost")).unwrap()),
+            allow_insecure,
+            max_attempts: 1,
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    async fn fetch(client: &TokenClient, token_url: &str) -> Result<TokenResponse, ProviderError> {
+        let secret = SecretString::from("secret");
+        client
+            .fetch(&TokenRequest {
+                token_url: &Url::parse(token_url).unwrap(),
+                credentials: ClientCredentials {
+                    auth: ClientAuth::Basic,
+                    client_id: "id",
+                    client_secret: &secret,
+                },
+                grant: Grant::ClientCredentials,
+                scopes: &[],
+                audience: None,
+                extra_params: &BTreeMap::new(),
+                default_expires_in: Duration::from_secs(3600),
+            })
+            .await
+    }
+
+    /// With a configured proxy the proxy resolves the target, so the client checks it
+    /// first: internal targets never reach the proxy, a public one does (through a proxy
+    /// whose own name is internal).
+    #[tokio::test]
+    async fn configured_proxy_is_used_but_internal_targets_are_refused_before_it() {
+        let proxy = CountingProxy::start().await.unwrap();
+        let client = client(&proxy, false);
+        for target in [
+            "https://127.0.0.1:1/token",
+            "https://[::1]/token",
+            "https://[::ffff:169.254.169.254]/token",
+            "https://[64:ff9b::a00:1]/token",
+            "https://localhost:1/token",
+        ] {
+            let err = fetch(&client, target).await.unwrap_err();
+            assert_eq!(
+                err,
+                ProviderError::Unavailable {
+                    reason: INTERNAL_REFUSED.to_owned(),
+                    retry_after: None,
+                    never_sent: true
+                },
+                "{target}"
+            );
+        }
+        let secret = SecretString::from("secret");
+        let creds = ClientCredentials {
+            auth: ClientAuth::Post,
+            client_id: "id",
+            client_secret: &secret,
+        };
+        let err = client
+            .revoke(
+                &Url::parse("https://10.0.0.1/revoke").unwrap(),
+                &creds,
+                &SecretString::from("rt"),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("the provider is unavailable: {INTERNAL_REFUSED}")
+        );
+        assert_eq!(proxy.accepted(), 0, "an internal target reached the proxy");
+
+        // A public target goes to the proxy (which refuses to tunnel): the proxy's own
+        // internal address was not refused. Nothing leaves this machine.
+        assert!(fetch(&client, "https://8.8.8.8/token").await.is_err());
+        assert_eq!(proxy.accepted(), 1);
+    }
+
+    /// Every request goes through the configured proxy, none directly to the target.
+    #[tokio::test]
+    async fn configured_proxy_carries_the_request() {
+        let proxy = CountingProxy::start().await.unwrap();
+        // Nothing listens on port 9 (discard): only the proxy can answer.
+        let token = fetch(&client(&proxy, true), "http://127.0.0.1:9/token")
+            .await
+            .unwrap();
+        assert_eq!(token.access_token.expose_secret(), PROXY_TOKEN);
+        assert_eq!(proxy.accepted(), 1);
+    }
 
     #[test]
     fn basic_auth_encodes_per_rfc6749() {
