@@ -27,7 +27,7 @@ use crate::{
     refresh::{
         client_secret_of, effective_of, grant_aad, load_connection_of, missing, token_record,
     },
-    store::{ConnectionRecord, GrantRecord, GrantStatus, PendingAuthorization, Store},
+    store::{ConnectionRecord, GrantRecord, GrantStatus, PendingAuthorization, Store, StoreError},
 };
 
 /// The callback path on the HTTP port, appended to `TOKENVEND_PUBLIC_URL`.
