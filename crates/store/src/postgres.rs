@@ -786,48 +786,39 @@ impl Store for PgStore {
         let current: i64 = row.try_get("generation").map_err(db_err)?;
         let attempt: Option<i64> = row.try_get("refresh_attempt_gen").map_err(db_err)?;
         let ours = current == generation;
+        let mut written = LeaseWrite::Written;
         match end {
             LeaseEnd::Token { token, grant } => {
                 if !ours && attempt != Some(generation) {
                     return Ok(LeaseWrite::Fenced);
                 }
-                if let Some(g) = grant {
-                    let done = sqlx::query(
-                        "UPDATE grants SET refresh_token = COALESCE($2, refresh_token), updated_at = $3 \
-                         WHERE id = $1 AND version = $4",
-                    )
-                    .bind(g.id)
-                    .bind(g.refresh_token)
-                    .bind(token.fetched_at)
-                    .bind(g.version)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
-                    if done.rows_affected() != 1 {
-                        // Revoked or re-authorized meanwhile: release the lease, keep the
-                        // attempt resolved, and write no token of the old chain.
-                        sqlx::query(
-                            "UPDATE refresh_leases SET \
-                               lease_holder = CASE WHEN generation = $3 THEN NULL ELSE lease_holder END, \
-                               lease_until = CASE WHEN generation = $3 THEN NULL ELSE lease_until END, \
-                               refresh_attempt_gen = CASE WHEN refresh_attempt_gen = $3 THEN NULL ELSE refresh_attempt_gen END \
-                             WHERE connection_id = $1 AND subject = $2",
+                // Revoked or re-authorized meanwhile: release the lease and resolve the
+                // attempt all the same, but write no token of the old chain.
+                let grant_changed = match grant {
+                    Some(g) => {
+                        let done = sqlx::query(
+                            "UPDATE grants SET refresh_token = COALESCE($2, refresh_token), updated_at = $3 \
+                             WHERE id = $1 AND version = $4",
                         )
-                        .bind(connection_id)
-                        .bind(subject)
-                        .bind(generation)
+                        .bind(g.id)
+                        .bind(g.refresh_token)
+                        .bind(token.fetched_at)
+                        .bind(g.version)
                         .execute(&mut *tx)
                         .await
                         .map_err(db_err)?;
-                        notify(&mut tx, event).await?;
-                        tx.commit().await.map_err(db_err)?;
-                        return Ok(LeaseWrite::GrantChanged);
+                        done.rows_affected() != 1
                     }
+                    None => false,
+                };
+                if grant_changed {
+                    written = LeaseWrite::GrantChanged;
+                } else {
+                    upsert_token(token)?
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
                 }
-                upsert_token(token)?
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
                 sqlx::query(
                     "UPDATE refresh_leases SET \
                        lease_holder = CASE WHEN generation = $3 THEN NULL ELSE lease_holder END, \
@@ -889,7 +880,7 @@ impl Store for PgStore {
         }
         notify(&mut tx, event).await?;
         tx.commit().await.map_err(db_err)?;
-        Ok(LeaseWrite::Written)
+        Ok(written)
     }
 
     async fn release_leases(&self, holder: &str) -> Result<u64, StoreError> {
