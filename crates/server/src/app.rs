@@ -198,6 +198,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     tokio::spawn(wait_for_signal(shutdown.clone()));
 
     let grpc = tonic::transport::Server::builder()
+        .layer(crate::panic::grpc_layer())
         .add_service(TokenServiceServer::with_interceptor(
             TokenApi::new(vendor),
             auth.clone(),
@@ -213,7 +214,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             TcpListenerStream::new(grpc_listener),
             shutdown.clone().cancelled_owned(),
         );
-    let http = axum::serve(http_listener, crate::http::router(store, grants))
+    let router = crate::http::router(store, grants).layer(crate::panic::http_layer());
+    let http = axum::serve(http_listener, router)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
 
     tracing::info!(grpc = %grpc_addr, http = %http_addr, database = if args.db.is_embedded() { "sqlite" } else { "postgres" }, "tokenvend listening");

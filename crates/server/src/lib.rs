@@ -6,5 +6,6 @@ pub mod auth;
 pub mod config;
 pub mod grpc;
 pub mod http;
+pub mod panic;
 pub mod status;
 pub mod telemetry;
