@@ -12,5 +12,6 @@ mod grants;
 mod lifecycle;
 mod providers;
 mod reflection;
+mod shutdown;
 mod stampede;
 mod walkthrough;

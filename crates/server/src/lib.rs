@@ -7,5 +7,6 @@ pub mod config;
 pub mod grpc;
 pub mod http;
 pub mod panic;
+pub mod shutdown;
 pub mod status;
 pub mod telemetry;
