@@ -14,5 +14,6 @@ mod lifecycle;
 mod providers;
 mod proxy;
 mod reflection;
+mod shutdown;
 mod stampede;
 mod walkthrough;

@@ -1,5 +1,5 @@
 //! Wiring: configuration → store → encryption → domain services → gRPC and HTTP servers,
-//! and graceful shutdown on SIGTERM/SIGINT.
+//! and graceful shutdown on SIGTERM/SIGINT (the phases are in [`crate::shutdown`]).
 
 use std::{path::Path, sync::Arc};
 
@@ -19,17 +19,23 @@ use tokenvend_core::{
 use tokenvend_proto::v1::{
     admin_service_server::AdminServiceServer, token_service_server::TokenServiceServer,
 };
+use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
 
 use crate::{
     auth::ApiKeyAuth,
     config::{DbArgs, ServeArgs},
     grpc::{admin::AdminApi, token::TokenApi},
+    shutdown::{self, Lifecycle, Outcome, Shutdown, Signals},
 };
 
 /// Shortest bootstrap key accepted: anything shorter is guessable.
 const MIN_BOOTSTRAP_KEY_LEN: usize = 16;
+
+/// At most this long for releasing refresh leases at shutdown, after the drain.
+const LEASE_RELEASE_BUDGET: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The master key ring: from TOKENVEND_MASTER_KEYS, or in embedded mode a development key
 /// kept in the data directory (generated on first start, with a loud warning).
@@ -150,13 +156,13 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         let vendor = vendor.clone();
         async move { vendor.apply_events().await }
     });
-    if !args.refresh_tick.is_zero() {
+    let refresher = (!args.refresh_tick.is_zero()).then(|| {
         tokio::spawn(
             vendor
                 .clone()
                 .refresh_ahead(args.refresh_tick, args.refresh_concurrency.max(1)),
-        );
-    }
+        )
+    });
     let grants = Arc::new(Grants::new(
         deps.clone(),
         GrantsConfig {
@@ -180,10 +186,15 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<TokenServiceServer<TokenApi>>().await;
     health.set_serving::<AdminServiceServer<AdminApi>>().await;
+    let lifecycle = Lifecycle::new();
     // Administration needs the database; tokens do not (cache hits keep being served), so
     // only AdminService follows the database's health and "" / TokenService stay SERVING:
     // a readiness probe must not take every replica out during a database outage.
-    tokio::spawn(watch_store(store.clone(), health.clone()));
+    tokio::spawn(watch_store(
+        store.clone(),
+        health.clone(),
+        lifecycle.clone(),
+    ));
 
     let grpc_listener = tokio::net::TcpListener::bind(args.grpc_addr)
         .await
@@ -193,13 +204,15 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         .with_context(|| format!("binding the HTTP address {}", args.http_addr))?;
     let grpc_addr = grpc_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
+    let signals = Signals::listen().context("listening for SIGTERM and SIGINT")?;
 
-    let shutdown = CancellationToken::new();
-    tokio::spawn(wait_for_signal(shutdown.clone()));
-
+    let stop_accepting = CancellationToken::new();
+    // The panic layer outermost: it also catches a panic in the layers inside it.
     let grpc = tonic::transport::Server::builder()
+        .layer(crate::panic::grpc_layer())
+        .layer(lifecycle.grpc_layer())
         .add_service(TokenServiceServer::with_interceptor(
-            TokenApi::new(vendor),
+            TokenApi::new(vendor.clone()),
             auth.clone(),
         ))
         .add_service(AdminServiceServer::with_interceptor(
@@ -211,16 +224,38 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(grpc_listener),
-            shutdown.clone().cancelled_owned(),
+            stop_accepting.clone().cancelled_owned(),
         );
-    let http = axum::serve(http_listener, crate::http::router(store, grants))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let router = crate::http::router(store, grants, lifecycle.clone())
+        .layer(lifecycle.http_layer())
+        .layer(crate::panic::http_layer());
+    let http = axum::serve(http_listener, router)
+        .with_graceful_shutdown(stop_accepting.clone().cancelled_owned());
+    let servers = async {
+        let (g, h) = tokio::join!(grpc, async { http.await });
+        g.context("gRPC server")?;
+        h.context("HTTP server")?;
+        Ok(())
+    };
 
     tracing::info!(grpc = %grpc_addr, http = %http_addr, database = if args.db.is_embedded() { "sqlite" } else { "postgres" }, "tokenvend listening");
-    let (g, h) = tokio::join!(grpc, async { http.await });
-    g.context("gRPC server")?;
-    h.context("HTTP server")?;
-    tracing::info!("shut down cleanly");
+    let outcome = Shutdown {
+        settings: shutdown::Settings {
+            delay: args.shutdown_delay,
+            timeout: args.shutdown_timeout,
+        },
+        lifecycle,
+        health,
+        health_services: vec![
+            "",
+            <TokenServiceServer<TokenApi> as NamedService>::NAME,
+            <AdminServiceServer<AdminApi> as NamedService>::NAME,
+        ],
+        stop_accepting,
+    }
+    .serve_until_signal(servers, signals)
+    .await?;
+    finish(&vendor, refresher, outcome).await;
     Ok(())
 }
 
@@ -247,9 +282,44 @@ fn check_timing(c: &VendorConfig) -> Result<()> {
     Ok(())
 }
 
+/// After the drain: stop renewing, give up the refresh leases, say how it ended.
+async fn finish(vendor: &Vendor, refresher: Option<JoinHandle<()>>, outcome: Outcome) {
+    // No new renewal rounds (and so no new leases) once the leases are being given up.
+    if let Some(refresher) = refresher {
+        refresher.abort();
+    }
+    // Bounded: the orchestrator's kill deadline is near, and leases expire on their own.
+    if tokio::time::timeout(LEASE_RELEASE_BUDGET, release_held_leases(vendor))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "releasing refresh leases took over {LEASE_RELEASE_BUDGET:?}; they expire on their own"
+        );
+    }
+    match outcome {
+        Outcome::Drained => tracing::info!("shut down cleanly"),
+        Outcome::Cut { calls } => tracing::warn!(calls, "shut down with {calls} calls cut"),
+    }
+}
+
+/// Gives up the refresh leases this replica holds, so another replica can refresh those
+/// tokens at once instead of waiting for the leases to expire (up to TOKENVEND_LEASE_TTL).
+async fn release_held_leases(vendor: &Vendor) {
+    match vendor.release_leases().await {
+        Ok(n) => tracing::info!(leases = n, "released refresh leases held by this replica"),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not release refresh leases; they expire on their own")
+        }
+    }
+}
+
+/// Follows the database's health for AdminService, until shutdown: from then on every
+/// service stays NOT_SERVING, whatever the database does.
 async fn watch_store(
     store: Arc<dyn tokenvend_core::store::Store>,
     health: tonic_health::server::HealthReporter,
+    lifecycle: Lifecycle,
 ) {
     let mut serving = true;
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -259,6 +329,9 @@ async fn watch_store(
             tokio::time::timeout(std::time::Duration::from_secs(2), store.ping()).await,
             Ok(Ok(()))
         );
+        if lifecycle.is_draining() {
+            return;
+        }
         if ok != serving {
             serving = ok;
             if ok {
@@ -274,23 +347,6 @@ async fn watch_store(
             }
         }
     }
-}
-
-/// SIGTERM (Kubernetes) or SIGINT (Ctrl-C) starts a graceful shutdown: listeners close,
-/// in-flight calls finish.
-async fn wait_for_signal(token: CancellationToken) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM");
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
-    }
-    token.cancel();
 }
 
 pub async fn migrate(db: DbArgs) -> Result<()> {

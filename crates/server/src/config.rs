@@ -144,6 +144,14 @@ pub struct ServeArgs {
     /// At most one invalidation-triggered refresh per token key in this interval.
     #[arg(long, env = "TOKENVEND_INVALIDATE_MIN_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub invalidate_min_interval: Duration,
+    /// On SIGTERM/SIGINT: how long the listeners stay open with health NOT_SERVING, /readyz
+    /// 503 and new calls refused (UNAVAILABLE), so load balancers notice before they close.
+    #[arg(long, env = "TOKENVEND_SHUTDOWN_DELAY", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
+    /// Then, how long calls in flight may take to finish before they are cut. Delay plus
+    /// timeout must stay under the orchestrator's kill deadline (Kubernetes: 30 s).
+    #[arg(long, env = "TOKENVEND_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
     /// Log format: human (default) or json (one object per line).
     #[arg(
         long,

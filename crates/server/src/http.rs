@@ -24,15 +24,16 @@ use tokenvend_core::{
 };
 use tonic::Code;
 
-use crate::status::to_status;
+use crate::{shutdown::Lifecycle, status::to_status};
 
 #[derive(Clone)]
 struct AppState {
     store: Arc<dyn Store>,
     grants: Arc<Grants>,
+    lifecycle: Lifecycle,
 }
 
-pub fn router(store: Arc<dyn Store>, grants: Arc<Grants>) -> Router {
+pub fn router(store: Arc<dyn Store>, grants: Arc<Grants>, lifecycle: Lifecycle) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
@@ -40,7 +41,11 @@ pub fn router(store: Arc<dyn Store>, grants: Arc<Grants>) -> Router {
             CALLBACK_PATH,
             get(callback).layer(middleware::map_response(callback_headers)),
         )
-        .with_state(AppState { store, grants })
+        .with_state(AppState {
+            store,
+            grants,
+            lifecycle,
+        })
 }
 
 /// On every callback page, whatever produced it. The page names a tenant and an end user,
@@ -67,10 +72,14 @@ async fn callback_headers(mut response: Response) -> Response {
     response
 }
 
-/// Ready while the process serves. A database outage does not make a replica unready: its
-/// cached tokens are still good, and failing readiness on every replica at once would turn
-/// a database outage into a total one. The body says how the database is doing.
+/// Ready while the process serves; 503 once shutdown has begun, so load balancers stop
+/// sending. A database outage does not make a replica unready: its cached tokens are still
+/// good, and failing readiness on every replica at once would turn a database outage into a
+/// total one. The body says how the database is doing.
 async fn ready(State(app): State<AppState>) -> (StatusCode, &'static str) {
+    if app.lifecycle.is_draining() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+    }
     match app.store.ping().await {
         Ok(()) => (StatusCode::OK, "ready\n"),
         Err(e) => {

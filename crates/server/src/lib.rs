@@ -6,5 +6,7 @@ pub mod auth;
 pub mod config;
 pub mod grpc;
 pub mod http;
+pub mod panic;
+pub mod shutdown;
 pub mod status;
 pub mod telemetry;

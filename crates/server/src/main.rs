@@ -2,7 +2,7 @@ use clap::Parser;
 use tokenvend_server::{
     app,
     config::{Cli, Command, LogFormat},
-    telemetry,
+    panic, telemetry,
 };
 
 #[tokio::main]
@@ -15,11 +15,17 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => match telemetry::init(args.log_format, &args.log) {
-            Ok(()) => app::serve(*args).await,
+            Ok(()) => {
+                panic::install_hook();
+                app::serve(*args).await
+            }
             Err(e) => Err(e),
         },
         Command::Migrate(db) => match telemetry::init(LogFormat::Human, "info") {
-            Ok(()) => app::migrate(db).await,
+            Ok(()) => {
+                panic::install_hook();
+                app::migrate(db).await
+            }
             Err(e) => Err(e),
         },
         Command::Keygen { id, api_key } => {
