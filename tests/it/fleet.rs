@@ -115,11 +115,18 @@ async fn refresh_stampede_across_replicas_presents_the_refresh_token_once() {
         } else {
             format!("at-{}", round - 1)
         };
-        let inv = clients[round]
-            .call("TokenService/InvalidateToken", json!({"tenant": "acme", "provider": "p", "subject": "alice", "access_token": dead}))
-            .await
-            .unwrap();
-        assert_eq!(inv["invalidated"], true);
+        // Reported on every replica, as callers everywhere would: the change feed carries an
+        // invalidation to the other replicas within milliseconds, but asynchronously, and
+        // the stampede below must not race it. The first report drops it in the store.
+        let mut invalidated = Vec::new();
+        for c in clients.iter().step_by(2) {
+            let inv = c
+                .call("TokenService/InvalidateToken", json!({"tenant": "acme", "provider": "p", "subject": "alice", "access_token": dead}))
+                .await
+                .unwrap();
+            invalidated.push(inv["invalidated"] == true);
+        }
+        assert!(invalidated[0], "the first report drops the token");
         let calls = (0..300).map(|i| {
             let c = clients[i % clients.len()].clone();
             async move { c.call("TokenService/GetToken", user("alice")).await }
@@ -135,8 +142,12 @@ async fn refresh_stampede_across_replicas_presents_the_refresh_token_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_holder_killed_mid_refresh_loses_nothing() {
     // The provider consumes the refresh token on the first request and holds its answer;
-    // the refresh token is then spent, so presenting it again is invalid_grant.
-    let mock = grant_provider(|n| {
+    // the refresh token is then spent, so presenting it again is invalid_grant. It notes
+    // when each refresh arrives.
+    let arrivals = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let noted = arrivals.clone();
+    let mock = grant_provider(move |n| {
+        noted.lock().unwrap().push(std::time::Instant::now());
         if n == 1 {
             ResponseTemplate::new(200)
                 .set_body_json(
@@ -149,10 +160,13 @@ async fn a_lease_holder_killed_mid_refresh_loses_nothing() {
     })
     .await;
     let url = PgCluster::shared().fresh_database();
-    let lease_ttl = Duration::from_secs(6);
+    // A lease shorter than the refresh attempt's deadline (provider timeout 1 s + 3 s): the
+    // takeover waits for the attempt, not only for the lease.
+    let lease_ttl = Duration::from_secs(2);
+    let attempt_deadline = Duration::from_secs(4);
     let env = vec![
         ("TOKENVEND_PROVIDER_TIMEOUT", "1s".into()),
-        ("TOKENVEND_LEASE_TTL", "6s".into()),
+        ("TOKENVEND_LEASE_TTL", "2s".into()),
         ("TOKENVEND_INVALIDATE_MIN_INTERVAL", "0s".into()),
     ];
     let mut servers = replicas(2, &url, env).await;
@@ -191,14 +205,14 @@ async fn a_lease_holder_killed_mid_refresh_loses_nothing() {
         .unwrap();
     let _ = held.await;
 
-    // Replica B answers within one lease TTL plus a round trip: A's refresh token may
-    // have been consumed, so B tries it once, gets invalid_grant, and flags the grant.
+    // Replica B answers once A's attempt deadline has passed: A's refresh token may have
+    // been consumed, so B tries it once, gets invalid_grant, and flags the grant.
     let err = b
         .call_opts(
             "TokenService/GetToken",
             user("alice"),
             CallOpts {
-                timeout: Some(lease_ttl + Duration::from_secs(5)),
+                timeout: Some(lease_ttl + attempt_deadline + Duration::from_secs(10)),
                 ..Default::default()
             },
         )
@@ -223,6 +237,13 @@ async fn a_lease_holder_killed_mid_refresh_loses_nothing() {
         refresh_tokens_presented(&mock).await,
         ["rt-0", "rt-0"],
         "presented once by A, once by B, never again"
+    );
+    // Never in flight twice: B presented it only after A's attempt could no longer be.
+    let arrivals = arrivals.lock().unwrap().clone();
+    assert!(
+        arrivals[1] - arrivals[0] >= attempt_deadline,
+        "B sent the refresh token {:?} after A",
+        arrivals[1] - arrivals[0]
     );
     drop(servers.remove(0));
 }

@@ -215,8 +215,8 @@ async fn calls_past_the_drain_deadline_are_cut_and_the_process_exits() {
             ("TOKENVEND_SHUTDOWN_DELAY", "0s".into()),
             ("TOKENVEND_SHUTDOWN_TIMEOUT", "1s".into()),
             // The provider must not time the call out before the drain deadline cuts it.
-            ("TOKENVEND_PROVIDER_TIMEOUT", "30s".into()),
-            ("TOKENVEND_LEASE_TTL", "120s".into()),
+            ("TOKENVEND_PROVIDER_TIMEOUT", "20s".into()),
+            ("TOKENVEND_MAX_WAIT", "60s".into()),
         ],
         ..Default::default()
     })

@@ -848,8 +848,7 @@ impl Store for PgStore {
                        last_error = CASE WHEN $5::timestamptz IS NULL THEN last_error ELSE $4 END, \
                        error_version = CASE WHEN $5::timestamptz IS NULL THEN error_version ELSE $6 END, \
                        error_until = COALESCE($5, error_until), \
-                       refresh_attempt_gen = CASE WHEN $7 AND refresh_attempt_gen = $3 THEN NULL ELSE refresh_attempt_gen END, \
-                       attempt_until = CASE WHEN refresh_attempt_gen = $3 THEN LEAST(attempt_until, now()) ELSE attempt_until END \
+                       refresh_attempt_gen = CASE WHEN $7 AND refresh_attempt_gen = $3 THEN NULL ELSE refresh_attempt_gen END \
                      WHERE connection_id = $1 AND subject = $2",
                 )
                 .bind(connection_id)

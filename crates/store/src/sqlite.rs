@@ -863,15 +863,12 @@ impl Store for SqliteStore {
                     return Ok(LeaseWrite::Fenced);
                 }
                 sqlx::query(
-                    concat!(
                     "UPDATE refresh_leases SET lease_holder = NULL, lease_until = NULL, \
                        last_error = CASE WHEN ?5 IS NULL THEN last_error ELSE ?4 END, \
                        error_version = CASE WHEN ?5 IS NULL THEN error_version ELSE ?6 END, \
                        error_until = COALESCE(?5, error_until), \
-                       refresh_attempt_gen = CASE WHEN ?7 AND refresh_attempt_gen = ?3 THEN NULL ELSE refresh_attempt_gen END, \
-                       attempt_until = CASE WHEN refresh_attempt_gen = ?3 THEN MIN(attempt_until, ", now_us!(), ") ELSE attempt_until END \
-                     WHERE connection_id = ?1 AND subject = ?2"
-                )
+                       refresh_attempt_gen = CASE WHEN ?7 AND refresh_attempt_gen = ?3 THEN NULL ELSE refresh_attempt_gen END \
+                     WHERE connection_id = ?1 AND subject = ?2",
                 )
                 .bind(connection_id)
                 .bind(subject)

@@ -660,9 +660,18 @@ const SHORT: std::time::Duration = std::time::Duration::from_millis(300);
 /// Takes the lease once the current (short) one has expired on the database's clock. Lease
 /// expiry is wall-clock time by design, so this waits for time to pass (bounded).
 async fn take_over(s: &Arc<dyn Store>, conn: Uuid, holder: &str) -> tokenvend_core::store::Lease {
+    take_over_key(s, conn, "", holder).await
+}
+
+async fn take_over_key(
+    s: &Arc<dyn Store>,
+    conn: Uuid,
+    subject: &str,
+    holder: &str,
+) -> tokenvend_core::store::Lease {
     for _ in 0..100 {
         if let Some(l) = s
-            .try_lease(conn, "", holder, std::time::Duration::from_secs(30))
+            .try_lease(conn, subject, holder, std::time::Duration::from_secs(30))
             .await
             .unwrap()
         {
@@ -1107,9 +1116,10 @@ async fn a_refresh_attempt_blocks_takeover_until_its_deadline(s: Arc<dyn Store>)
         .expect("a finished attempt no longer blocks");
     assert!(!b.unfinished_attempt);
 
-    // An attempt whose outcome is unknown (timeout) frees the key at once, but tells the
-    // next holder that the refresh token may have been consumed.
-    s.mark_refresh_attempt(c.id, "alice", b.generation, D::from_secs(30))
+    // An attempt whose outcome is unknown (a timeout: the provider may still be working on
+    // it) keeps blocking until its deadline, then tells the next holder that the refresh
+    // token may have been consumed.
+    s.mark_refresh_attempt(c.id, "alice", b.generation, SHORT)
         .await
         .unwrap()
         .unwrap();
@@ -1127,11 +1137,7 @@ async fn a_refresh_attempt_blocks_takeover_until_its_deadline(s: Arc<dyn Store>)
     )
     .await
     .unwrap();
-    let c3 = s
-        .try_lease(c.id, "alice", "replica-c", D::from_secs(30))
-        .await
-        .unwrap()
-        .expect("a finished attempt of unknown outcome does not block");
+    let c3 = take_over_key(&s, c.id, "alice", "replica-c").await;
     assert!(c3.unfinished_attempt);
 }
 
