@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -12,57 +11,22 @@ use crate::{
     Deps,
     cache::TokenCache,
     clock::Clock,
-    connection::{ConnectionSettings, Effective, EndpointPolicy},
+    connection::{
+        ConnectionSettings, Effective, client_credentials_request, effective_of,
+        load_connection_of, missing,
+    },
     crypto::Envelope,
-    error::{Error, InvalidInput, Result},
+    endpoint::EndpointPolicy,
+    error::{Error, Result},
     events::Notifier,
     grants::{Grants, Revoked},
     ids::{ConnectionKey, TenantId},
+    input::InvalidInput,
     oauth::{ProviderError, TokenClient},
-    refresh::{
-        client_credentials_request, connection_aad, effective_of, load_connection_of, missing,
-    },
+    paging::{MAX_PAGE, Page, PageRequest},
+    secrets::connection_aad,
     store::{ConnectionRecord, Store, StoreError, TenantRecord},
 };
-
-const DEFAULT_PAGE: u32 = 100;
-const MAX_PAGE: u32 = 1000;
-
-/// A page request as the API takes it.
-#[derive(Clone, Debug, Default)]
-pub struct PageRequest {
-    pub page_size: i32,
-    pub page_token: String,
-}
-
-impl PageRequest {
-    /// (limit, the last key of the previous page).
-    pub(crate) fn parse(&self) -> Result<(u32, Option<String>), InvalidInput> {
-        let size = match self.page_size {
-            n if n < 0 => return Err(InvalidInput::new("page_size", "must not be negative")),
-            0 => DEFAULT_PAGE,
-            n => (n as u32).min(MAX_PAGE),
-        };
-        let after = if self.page_token.is_empty() {
-            None
-        } else {
-            let bad = || InvalidInput::new("page_token", "is not a token from a previous page");
-            let bytes = URL_SAFE_NO_PAD
-                .decode(&self.page_token)
-                .map_err(|_| bad())?;
-            let s = String::from_utf8(bytes).map_err(|_| bad())?;
-            Some(s.strip_prefix("v1:").ok_or_else(bad)?.to_owned())
-        };
-        Ok((size, after))
-    }
-}
-
-pub(crate) fn next_page_token(last: Option<&str>, more: bool) -> String {
-    match last {
-        Some(k) if more => URL_SAFE_NO_PAD.encode(format!("v1:{k}")),
-        _ => String::new(),
-    }
-}
 
 /// What `PutConnection` asks for. Empty secrets keep the stored ones.
 pub struct PutConnection {
@@ -145,14 +109,13 @@ impl Admin {
             .ok_or_else(|| Error::TenantNotFound(slug.to_string()))
     }
 
-    pub async fn list_tenants(&self, page: &PageRequest) -> Result<(Vec<TenantRecord>, String)> {
-        let (limit, after) = page.parse()?;
-        // One more than asked: tells whether another page exists without an empty last page.
-        let mut tenants = self.store.list_tenants(after.as_deref(), limit + 1).await?;
-        let more = tenants.len() > limit as usize;
-        tenants.truncate(limit as usize);
-        let next = next_page_token(tenants.last().map(|t| t.slug.as_str()), more);
-        Ok((tenants, next))
+    pub async fn list_tenants(&self, page: &PageRequest) -> Result<Page<TenantRecord>> {
+        let q = page.parse()?;
+        let rows = self
+            .store
+            .list_tenants(q.after.as_deref(), q.fetch())
+            .await?;
+        Ok(Page::from_rows(rows, &q, |t| t.slug.as_str()))
     }
 
     /// Revokes every end user's grant at its provider (as `delete_connection` does; a
@@ -329,23 +292,25 @@ impl Admin {
         &self,
         tenant: &TenantId,
         page: &PageRequest,
-    ) -> Result<(Vec<ConnectionView>, String)> {
-        let (limit, after) = page.parse()?;
+    ) -> Result<Page<ConnectionView>> {
+        let q = page.parse()?;
         if self.store.get_tenant(tenant).await?.is_none() {
             return Err(Error::TenantNotFound(tenant.to_string()));
         }
-        let mut records = self
+        let rows = self
             .store
-            .list_connections(tenant, after.as_deref(), limit + 1)
+            .list_connections(tenant, q.after.as_deref(), q.fetch())
             .await?;
-        let more = records.len() > limit as usize;
-        records.truncate(limit as usize);
-        let next = next_page_token(records.last().map(|c| c.provider.as_str()), more);
-        let views = records
+        let page = Page::from_rows(rows, &q, |c| c.provider.as_str());
+        let items = page
+            .items
             .into_iter()
             .map(|r| self.to_view(r))
             .collect::<Result<Vec<_>>>()?;
-        Ok((views, next))
+        Ok(Page {
+            items,
+            next_page_token: page.next_page_token,
+        })
     }
 
     /// Revokes the connection's end-user grants at the provider, then deletes it. A

@@ -3,7 +3,20 @@
 
 use std::collections::BTreeMap;
 
-use crate::{connection::ClientAuth, error::InvalidInput};
+use serde::{Deserialize, Serialize};
+
+use crate::input::InvalidInput;
+
+/// How the client authenticates at the token endpoint (RFC 6749 §2.3.1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// The template's choice.
+    #[default]
+    Unspecified,
+    Basic,
+    Post,
+}
 
 /// A template parameter, e.g. a region that becomes part of a host name.
 #[derive(Debug)]

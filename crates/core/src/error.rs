@@ -3,24 +3,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use crate::{crypto::CryptoError, oauth::ProviderError, store::StoreError};
-
-/// Bad input from a caller: names the field so the operator knows what to fix.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {reason}")]
-pub struct InvalidInput {
-    pub field: &'static str,
-    pub reason: String,
-}
-
-impl InvalidInput {
-    pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
-        Self {
-            field,
-            reason: reason.into(),
-        }
-    }
-}
+use crate::{crypto::CryptoError, input::InvalidInput, oauth::ProviderError, store::StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

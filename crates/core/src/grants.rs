@@ -15,18 +15,18 @@ use uuid::Uuid;
 
 use crate::{
     Deps,
-    admin::PageRequest,
     cache::TokenCache,
     clock::Clock,
-    connection::{Effective, EndpointPolicy, check_scopes},
+    connection::{Effective, check_scopes, effective_of, load_connection_of, missing},
     crypto::{Aad, Envelope},
-    error::{Error, InvalidInput, Result},
+    endpoint::EndpointPolicy,
+    error::{Error, Result},
     events::Notifier,
     ids::{ConnectionKey, ProviderId, Subject, TenantId, TokenKey},
+    input::InvalidInput,
     oauth::{ClientCredentials, Grant, TokenClient, TokenRequest, pkce},
-    refresh::{
-        client_secret_of, effective_of, grant_aad, load_connection_of, missing, token_record,
-    },
+    paging::{Page, PageRequest},
+    secrets::{client_secret_of, grant_aad, token_record},
     store::{ConnectionRecord, GrantRecord, GrantStatus, PendingAuthorization, Store, StoreError},
 };
 
@@ -349,29 +349,20 @@ impl Grants {
         })
     }
 
-    pub async fn list(
-        &self,
-        key: &ConnectionKey,
-        page: &PageRequest,
-    ) -> Result<(Vec<GrantView>, String)> {
-        let (limit, after) = page.parse()?;
+    pub async fn list(&self, key: &ConnectionKey, page: &PageRequest) -> Result<Page<GrantView>> {
+        let q = page.parse()?;
         let conn = load_connection_of(self.store.as_ref(), key).await?;
-        let mut records = self
+        let rows = self
             .store
-            .list_grants(conn.id, after.as_deref(), limit + 1)
+            .list_grants(conn.id, q.after.as_deref(), q.fetch())
             .await?;
-        let more = records.len() > limit as usize;
-        records.truncate(limit as usize);
-        let next = crate::admin::next_page_token(records.last().map(|g| g.subject.as_str()), more);
-        let views = records
-            .into_iter()
-            .map(|record| GrantView {
+        Ok(
+            Page::from_rows(rows, &q, |g| g.subject.as_str()).map(|record| GrantView {
                 tenant: conn.tenant.clone(),
                 provider: conn.provider.clone(),
                 record,
-            })
-            .collect();
-        Ok((views, next))
+            }),
+        )
     }
 
     /// Revokes one grant at the provider (when it has a revocation URL) and deletes it.

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::error::InvalidInput;
+use crate::input::InvalidInput;
 
 /// A slug: `[a-z0-9][a-z0-9-]{0,62}`. Used for tenants and providers because it is safe in
 /// URLs, log lines, metric labels and SQL keys alike, and cannot be confused by case.

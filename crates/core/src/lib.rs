@@ -7,20 +7,26 @@ pub mod admin;
 pub mod cache;
 pub mod catalog;
 pub mod clock;
+pub mod config;
 pub mod connection;
 pub mod crypto;
 pub mod deps;
+pub mod endpoint;
 pub mod error;
 pub mod events;
 pub mod flight;
 pub mod grants;
 pub mod ids;
+pub mod input;
 pub mod oauth;
+pub mod paging;
 pub mod refresh;
+pub mod secrets;
 pub mod store;
 #[cfg(feature = "test-util")]
 pub mod testing;
 pub mod vend;
 
 pub use deps::Deps;
-pub use error::{Error, InvalidInput, Result};
+pub use error::{Error, Result};
+pub use input::InvalidInput;

@@ -27,32 +27,46 @@
 
 use std::{sync::Arc, time::Duration};
 
-use secrecy::{ExposeSecret, SecretString};
-use sha2::{Digest, Sha256};
+use secrecy::ExposeSecret;
 use time::OffsetDateTime;
 
 use crate::{
-    cache::{CachedToken, Epoch},
-    connection::{ConnectionSettings, Effective, EndpointPolicy},
-    crypto::{Aad, Envelope},
+    cache::{CachedToken, Epoch, TokenCache},
+    clock::Clock,
+    config::VendorConfig,
+    connection::{
+        Effective, client_credentials_request, effective_of, load_connection_of, missing,
+    },
+    crypto::Envelope,
     error::{Error, Result},
-    ids::{ConnectionKey, TokenKey},
-    oauth::{ClientCredentials, Grant, ProviderError, TokenRequest, TokenResponse},
+    events::{Notifier, Waiters},
+    ids::TokenKey,
+    oauth::{ClientCredentials, Grant, ProviderError, TokenClient, TokenRequest, TokenResponse},
+    secrets::{client_secret_of, connection_aad, grant_aad, token_aad, token_record},
     store::{
         ConnectionRecord, GrantRecord, GrantStatus, GrantWrite, Lease, LeaseEnd, LeaseWrite, Store,
-        StoreError, TokenRecord,
+        TokenRecord,
     },
-    vend::Inner,
 };
 
-pub(crate) const CONNECTIONS: &str = "connections";
-pub(crate) const TOKENS: &str = "tokens";
+/// Everything a fetch needs: built by `vend::Vendor`, shared with the fetch tasks it spawns
+/// (so a fetch can outlive the caller that started it).
+pub(crate) struct Refresher {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) envelope: Arc<Envelope>,
+    pub(crate) cache: Arc<TokenCache>,
+    pub(crate) client: TokenClient,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) config: VendorConfig,
+    pub(crate) notifier: Notifier,
+    pub(crate) waiters: Arc<Waiters>,
+}
 
 /// Margin kept between the end of a refresh attempt's deadline and the end of its request.
 const LEASE_MARGIN: Duration = Duration::from_secs(1);
 
 pub(crate) async fn fetch(
-    inner: &Inner,
+    inner: &Refresher,
     key: TokenKey,
     min_ttl: Duration,
 ) -> Result<Arc<CachedToken>> {
@@ -226,7 +240,7 @@ fn classify(e: &Error, refresh_grant: bool) -> Classified {
 struct Heartbeat(tokio::task::JoinHandle<()>);
 
 impl Heartbeat {
-    fn start(inner: &Inner, conn: uuid::Uuid, subject: &str, generation: i64) -> Self {
+    fn start(inner: &Refresher, conn: uuid::Uuid, subject: &str, generation: i64) -> Self {
         let store = inner.store.clone();
         let ttl = inner.config.lease_ttl;
         let every = inner.config.heartbeat_interval();
@@ -262,7 +276,7 @@ impl Drop for Heartbeat {
 
 /// A lease this replica holds, and what it is for.
 struct Held<'a> {
-    inner: &'a Inner,
+    inner: &'a Refresher,
     key: &'a TokenKey,
     conn: &'a ConnectionRecord,
     lease: Lease,
@@ -531,7 +545,7 @@ fn reauthorize(key: &TokenKey, detail: &'static str) -> Error {
 /// The shared store's token, if it belongs to the current connection version and lives
 /// at least `min_ttl` longer.
 async fn stored_token(
-    inner: &Inner,
+    inner: &Refresher,
     conn: &ConnectionRecord,
     key: &TokenKey,
     min_ttl: Duration,
@@ -563,7 +577,7 @@ async fn stored_token(
 }
 
 async fn record_token(
-    inner: &Inner,
+    inner: &Refresher,
     conn: &ConnectionRecord,
     key: &TokenKey,
     sent_at: OffsetDateTime,
@@ -580,140 +594,4 @@ async fn record_token(
         Some(inner.config.refresh_point(record.fetched_at, expires_in)),
     ));
     Ok((record, token))
-}
-
-/// A provider's answer as a storable (encrypted) record. Shared with the code exchange.
-/// `sent_at` is when the request left: the provider's `expires_in` counts from when it
-/// received it, so counting from the answer's arrival would overstate the lifetime by the
-/// round trip (and by every retry).
-pub(crate) async fn token_record(
-    envelope: &Envelope,
-    sent_at: OffsetDateTime,
-    conn: &ConnectionRecord,
-    key: &TokenKey,
-    response: TokenResponse,
-) -> Result<(TokenRecord, Duration, TokenResponse)> {
-    // Microsecond precision, as both databases store it: memory and store then agree.
-    let fetched_at = sent_at
-        .replace_nanosecond(sent_at.nanosecond() / 1000 * 1000)
-        .unwrap_or(sent_at);
-    let plaintext = response.access_token.expose_secret().as_bytes();
-    let record = TokenRecord {
-        connection_id: conn.id,
-        subject: key.subject.as_str().to_owned(),
-        connection_version: conn.version,
-        access_token: envelope.encrypt(token_aad(conn, key), plaintext).await?,
-        token_sha256: Sha256::digest(plaintext).to_vec(),
-        scopes: response.scopes.clone(),
-        expires_at: fetched_at + response.expires_in,
-        fetched_at,
-    };
-    Ok((record, response.expires_in, response))
-}
-
-/// The stored settings of `conn` resolved under `policy`: re-checked on every use, so a
-/// stricter policy applies to existing connections too.
-pub(crate) fn effective_of(conn: &ConnectionRecord, policy: EndpointPolicy) -> Result<Effective> {
-    let settings: ConnectionSettings = serde_json::from_str(&conn.settings)
-        .map_err(|e| StoreError::Corrupt(format!("connection {} settings: {e}", conn.id)))?;
-    settings
-        .resolve(policy)
-        .map_err(|e| Error::ConnectionInvalid {
-            tenant: conn.tenant.to_string(),
-            provider: conn.provider.to_string(),
-            reason: e.to_string(),
-        })
-}
-
-/// The connection lacks `what` to do the request at hand.
-pub(crate) fn missing(conn: &ConnectionRecord, what: &'static str) -> Error {
-    Error::MissingCredential {
-        tenant: conn.tenant.to_string(),
-        provider: conn.provider.to_string(),
-        missing: what,
-    }
-}
-
-/// The connection's client secret, decrypted.
-pub(crate) async fn client_secret_of(
-    envelope: &Envelope,
-    conn: &ConnectionRecord,
-) -> Result<SecretString> {
-    let ct = conn
-        .client_secret
-        .as_ref()
-        .ok_or_else(|| missing(conn, "client_secret"))?;
-    Ok(envelope
-        .decrypt_string(connection_aad(conn.id, "client_secret"), ct)
-        .await?)
-}
-
-/// The client-credentials request `effective` describes, with `secret`.
-pub(crate) fn client_credentials_request<'a>(
-    effective: &'a Effective,
-    token_url: &'a url::Url,
-    secret: &'a SecretString,
-) -> TokenRequest<'a> {
-    TokenRequest {
-        token_url,
-        credentials: ClientCredentials {
-            auth: effective.client_auth,
-            client_id: &effective.client_id,
-            client_secret: secret,
-        },
-        grant: Grant::ClientCredentials,
-        scopes: &effective.scopes,
-        audience: (effective.always_send_audience || !effective.audience.is_empty())
-            .then_some(effective.audience.as_str()),
-        extra_params: &effective.extra_params,
-        default_expires_in: effective.default_expires_in,
-    }
-}
-
-/// The connection, or which of tenant and connection is missing.
-pub(crate) async fn load_connection_of(
-    store: &dyn Store,
-    key: &ConnectionKey,
-) -> Result<ConnectionRecord> {
-    match store.get_connection(key).await? {
-        Some(c) => Ok(c),
-        None => Err(if store.get_tenant(&key.tenant).await?.is_none() {
-            Error::TenantNotFound(key.tenant.to_string())
-        } else {
-            Error::ConnectionNotFound {
-                tenant: key.tenant.to_string(),
-                provider: key.provider.to_string(),
-            }
-        }),
-    }
-}
-
-/// Connection secrets are bound to the connection's immutable row id and their column.
-pub(crate) fn connection_aad(id: uuid::Uuid, column: &'static str) -> Aad<'static> {
-    Aad {
-        table: CONNECTIONS,
-        column,
-        row: id,
-        qualifier: "",
-    }
-}
-
-/// A grant's refresh token is bound to the grant's immutable row id.
-pub(crate) fn grant_aad(id: uuid::Uuid) -> Aad<'static> {
-    Aad {
-        table: "grants",
-        column: "refresh_token",
-        row: id,
-        qualifier: "",
-    }
-}
-
-/// Token rows are keyed by (connection id, subject); both are immutable, so both are bound.
-pub(crate) fn token_aad<'a>(conn: &ConnectionRecord, key: &'a TokenKey) -> Aad<'a> {
-    Aad {
-        table: TOKENS,
-        column: "access_token",
-        row: conn.id,
-        qualifier: key.subject.as_str(),
-    }
 }

@@ -5,10 +5,7 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::{
-    crypto::WrappedDek,
-    ids::{ConnectionKey, TenantId},
-};
+use crate::ids::{ConnectionKey, TenantId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -280,6 +277,23 @@ pub enum StoreEvent {
 pub struct Published {
     pub origin: String,
     pub event: StoreEvent,
+}
+
+/// A data key as stored: encrypted ("wrapped") by one master key.
+#[derive(Clone)]
+pub struct WrappedDek {
+    pub id: Uuid,
+    pub master_key_id: String,
+    pub wrapped: Vec<u8>,
+}
+
+impl std::fmt::Debug for WrappedDek {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WrappedDek")
+            .field("id", &self.id)
+            .field("master_key_id", &self.master_key_id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Wrapped data keys (see `crypto`). Separate so the envelope depends on this alone.

@@ -4,12 +4,11 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use crate::{
-    crypto::WrappedDek,
     ids::{ConnectionKey, TenantId},
     store::{
         ConnectionRecord, DataKeyStore, GrantRecord, GrantStatus, Lease, LeaseEnd, LeaseWrite,
         PendingAuthorization, Published, RecentFailure, Store, StoreError, TenantRecord,
-        TokenRecord,
+        TokenRecord, WrappedDek,
     },
 };
 

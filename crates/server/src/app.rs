@@ -9,12 +9,13 @@ use tokenvend_core::{
     admin::Admin,
     cache::TokenCache,
     clock::SystemClock,
-    connection::EndpointPolicy,
+    config::{MIN_TTL_FLOOR, VendorConfig},
     crypto::{Envelope, KeyRing},
+    endpoint::EndpointPolicy,
     events::Notifier,
     grants::{Grants, GrantsConfig},
     oauth::{TokenClient, TokenClientConfig},
-    vend::{MIN_TTL_FLOOR, Vendor, VendorConfig},
+    vend::Vendor,
 };
 use tokenvend_proto::v1::{
     admin_service_server::AdminServiceServer, token_service_server::TokenServiceServer,

@@ -13,12 +13,11 @@ use sqlx::{
 };
 use time::OffsetDateTime;
 use tokenvend_core::{
-    crypto::WrappedDek,
     ids::{ConnectionKey, ProviderId, TenantId},
     store::{
         AttemptMark, ConnectionRecord, DataKeyStore, GrantRecord, GrantStatus, Lease, LeaseEnd,
         LeaseWrite, PendingAuthorization, Published, RecentFailure, Store, StoreError, StoreEvent,
-        TenantRecord, TokenRecord,
+        TenantRecord, TokenRecord, WrappedDek,
     },
 };
 use uuid::Uuid;

@@ -26,7 +26,7 @@ use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use super::{CryptoError, KeyRing};
-use crate::store::DataKeyStore;
+use crate::store::{DataKeyStore, WrappedDek};
 
 const FORMAT_V1: u8 = 1;
 const NONCE_LEN: usize = 12;
@@ -59,23 +59,6 @@ impl Aad<'_> {
         v.push(0);
         v.extend_from_slice(self.qualifier.as_bytes());
         v
-    }
-}
-
-/// A data key as stored: encrypted ("wrapped") by one master key.
-#[derive(Clone)]
-pub struct WrappedDek {
-    pub id: Uuid,
-    pub master_key_id: String,
-    pub wrapped: Vec<u8>,
-}
-
-impl fmt::Debug for WrappedDek {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WrappedDek")
-            .field("id", &self.id)
-            .field("master_key_id", &self.master_key_id)
-            .finish_non_exhaustive()
     }
 }
 

@@ -5,7 +5,7 @@
 mod envelope;
 mod keyring;
 
-pub use envelope::{Aad, Envelope, WrappedDek};
+pub use envelope::{Aad, Envelope};
 pub use keyring::{KeyRing, MasterKey};
 
 /// Why a ciphertext could not be produced or opened. Deliberately coarse: an attacker

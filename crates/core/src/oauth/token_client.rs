@@ -17,7 +17,7 @@ use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use super::{ProviderError, TokenResponse, parse_token_response};
-use crate::connection::{ClientAuth, is_internal};
+use crate::{catalog::ClientAuth, endpoint::is_internal};
 
 /// Bodies larger than this are not token responses; reading stops there.
 const MAX_BODY: usize = 64 * 1024;

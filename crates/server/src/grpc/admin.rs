@@ -5,11 +5,13 @@ use std::sync::Arc;
 
 use secrecy::{ExposeSecret, SecretString};
 use tokenvend_core::{
-    admin::{Admin, ConnectionView, PageRequest, PutConnection},
+    admin::{Admin, ConnectionView, PutConnection},
+    catalog::ClientAuth,
     catalog::{TEMPLATES, Template},
-    connection::{ClientAuth, ConnectionSettings},
+    connection::ConnectionSettings,
     grants::{GrantView, Grants},
     ids::{ConnectionKey, ProviderId, Subject, TenantId},
+    paging::{Page, PageRequest},
     store::TenantRecord,
 };
 use tokenvend_proto::v1::{
@@ -207,7 +209,10 @@ impl AdminService for AdminApi {
             page_size,
             page_token,
         } = req.into_inner();
-        let (tenants, next_page_token) = self
+        let Page {
+            items: tenants,
+            next_page_token,
+        } = self
             .admin
             .list_tenants(&PageRequest {
                 page_size,
@@ -312,7 +317,10 @@ impl AdminService for AdminApi {
             page_token,
         } = req.into_inner();
         let slug = TenantId::parse(tenant).map_err(invalid)?;
-        let (views, next_page_token) = self
+        let Page {
+            items: views,
+            next_page_token,
+        } = self
             .admin
             .list_connections(
                 &slug,
@@ -447,7 +455,10 @@ impl AdminService for AdminApi {
             page_token,
         } = req.into_inner();
         let key = connection_key(tenant, provider)?;
-        let (grants, next_page_token) = self
+        let Page {
+            items: grants,
+            next_page_token,
+        } = self
             .grants
             .list(
                 &key,

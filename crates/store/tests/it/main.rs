@@ -7,18 +7,20 @@ use secrecy::SecretString;
 use time::{Duration, OffsetDateTime, macros::datetime};
 use tokenvend_core::{
     Deps,
-    admin::{Admin, PageRequest, PutConnection},
+    admin::{Admin, PutConnection},
     cache::TokenCache,
     clock::SystemClock,
-    connection::{ConnectionSettings, EndpointPolicy},
-    crypto::{Envelope, KeyRing, WrappedDek},
+    connection::ConnectionSettings,
+    crypto::{Envelope, KeyRing},
+    endpoint::EndpointPolicy,
     events::Notifier,
     grants::{Grants, GrantsConfig},
     ids::{ConnectionKey, ProviderId, TenantId},
     oauth::TokenClient,
+    paging::PageRequest,
     store::{
         ConnectionRecord, GrantRecord, GrantStatus, LeaseEnd, LeaseWrite, PendingAuthorization,
-        Published, Store, StoreError, StoreEvent, TenantRecord, TokenRecord,
+        Published, Store, StoreError, StoreEvent, TenantRecord, TokenRecord, WrappedDek,
     },
 };
 use tokenvend_testkit::postgres::PgCluster;
@@ -438,11 +440,11 @@ async fn secrets_are_encrypted_at_rest(s: Arc<dyn Store>) {
     );
 
     // listing pages through the tenant's connections
-    let (list, next) = admin
+    let page = admin
         .list_connections(&TenantId::parse("acme").unwrap(), &PageRequest::default())
         .await
         .unwrap();
-    assert_eq!((list.len(), next.as_str()), (1, ""));
+    assert_eq!((page.items.len(), page.next_page_token.as_str()), (1, ""));
 }
 
 async fn concurrent_puts_do_not_lose_updates(s: Arc<dyn Store>) {
@@ -925,8 +927,9 @@ async fn refresh_ahead_keeps_used_tokens_warm_and_lets_idle_ones_expire(s: Arc<d
     use futures::FutureExt;
     use tokenvend_core::{
         clock::{Clock, ManualClock},
+        config::VendorConfig,
         ids::{Subject, TokenKey},
-        vend::{Vendor, VendorConfig},
+        vend::Vendor,
     };
     use wiremock::{Mock, MockServer, Request, ResponseTemplate, matchers::method};
 
