@@ -357,10 +357,6 @@ pub trait Store: DataKeyStore {
         connection_id: Uuid,
         subject: &str,
     ) -> Result<Option<TokenRecord>, StoreError>;
-    /// Upserts the token of (connection, subject). Keeps whichever of the stored and the
-    /// given token expires later when both belong to the same connection version, so a slow
-    /// writer never replaces a fresher token.
-    async fn save_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
     /// Deletes the token of (connection, subject) only if its SHA-256 is `sha256`: a report
     /// about a token that was already replaced changes nothing. True if it deleted; then
     /// `notify` is published in the same transaction.
@@ -409,14 +405,6 @@ pub trait Store: DataKeyStore {
         replace: bool,
         token: Option<&TokenRecord>,
         notify: &Published,
-    ) -> Result<(), StoreError>;
-    /// After a refresh: the rotated refresh token (None: keep the stored one) and the new
-    /// access token, committed together so a rotated refresh token is never lost.
-    async fn save_refreshed(
-        &self,
-        grant_id: Uuid,
-        refresh_token: Option<&[u8]>,
-        token: &TokenRecord,
     ) -> Result<(), StoreError>;
     /// Sets the status of the grant if it is still at `version` (a refusal of the old
     /// chain's refresh token must not mark a re-authorized grant). True if it did.

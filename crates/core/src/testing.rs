@@ -78,9 +78,6 @@ impl Store for UnreachableStore {
     async fn load_token(&self, _: Uuid, _: &str) -> Result<Option<TokenRecord>, StoreError> {
         unreachable!("the store must not be used here")
     }
-    async fn save_token(&self, _: &TokenRecord) -> Result<(), StoreError> {
-        unreachable!("the store must not be used here")
-    }
     async fn invalidate_token(
         &self,
         _: Uuid,
@@ -125,14 +122,6 @@ impl Store for UnreachableStore {
         _: bool,
         _: Option<&TokenRecord>,
         _: &Published,
-    ) -> Result<(), StoreError> {
-        unreachable!("the store must not be used here")
-    }
-    async fn save_refreshed(
-        &self,
-        _: Uuid,
-        _: Option<&[u8]>,
-        _: &TokenRecord,
     ) -> Result<(), StoreError> {
         unreachable!("the store must not be used here")
     }

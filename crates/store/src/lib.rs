@@ -2,12 +2,15 @@
 //! replicas, shared state) and SQLite for the embedded default (one process). The SQL lives
 //! here and nowhere else; both adapters pass the same test suite (`tests/it`).
 
+mod dialect;
 mod postgres;
+mod sql;
 mod sqlite;
 
 use std::sync::Arc;
 
 pub use postgres::PgStore;
+pub use sql::SqlStore;
 pub use sqlite::SqliteStore;
 use tokenvend_core::store::{Store, StoreError};
 
@@ -23,6 +26,24 @@ pub enum OpenError {
         "the SQLite database {0} is in use by another tokenvend process (embedded mode runs one replica; use PostgreSQL for more)"
     )]
     Locked(String),
+}
+
+impl OpenError {
+    fn connect(e: sqlx::Error) -> Self {
+        OpenError::Connect(e.to_string())
+    }
+}
+
+/// Brings the schema up to date with the backend's own migrations.
+async fn migrate<'a, A>(migrator: &sqlx::migrate::Migrator, pool: A) -> Result<(), OpenError>
+where
+    A: sqlx::Acquire<'a>,
+    <A::Connection as std::ops::Deref>::Target: sqlx::migrate::Migrate,
+{
+    migrator
+        .run(pool)
+        .await
+        .map_err(|e| OpenError::Migrate(e.to_string()))
 }
 
 /// Opens the store named by `url` and, if `migrate` is set, brings its schema up to date.

@@ -99,6 +99,51 @@ fn conn(t: &TenantRecord, provider: &str, version: i64) -> ConnectionRecord {
     }
 }
 
+/// Stores `t` the one way the port writes a token: as a lease holder finishing.
+async fn save_token(s: &Arc<dyn Store>, t: &TokenRecord) -> Result<LeaseWrite, StoreError> {
+    finish_with(s, t, None).await
+}
+
+/// A refresh of grant `g` (at its version) storing `t` and, if given, a rotated refresh
+/// token.
+async fn save_refreshed(
+    s: &Arc<dyn Store>,
+    g: &GrantRecord,
+    refresh_token: Option<&[u8]>,
+    t: &TokenRecord,
+) -> LeaseWrite {
+    let grant = tokenvend_core::store::GrantWrite {
+        id: g.id,
+        version: g.version,
+        refresh_token,
+    };
+    finish_with(s, t, Some(grant)).await.unwrap()
+}
+
+async fn finish_with(
+    s: &Arc<dyn Store>,
+    t: &TokenRecord,
+    grant: Option<tokenvend_core::store::GrantWrite<'_>>,
+) -> Result<LeaseWrite, StoreError> {
+    let lease = s
+        .try_lease(
+            t.connection_id,
+            &t.subject,
+            "test-writer",
+            std::time::Duration::from_secs(30),
+        )
+        .await?
+        .expect("no lease is held while tests write tokens");
+    s.finish_lease(
+        t.connection_id,
+        &t.subject,
+        lease.generation,
+        LeaseEnd::Token { token: t, grant },
+        &ev(),
+    )
+    .await
+}
+
 /// An event for the store to publish with a change (its delivery is tested in
 /// `change_feed_reaches_subscribers`).
 fn ev() -> Published {
@@ -231,28 +276,28 @@ async fn tokens_keep_the_fresher(s: Arc<dyn Store>) {
     let c = conn(&t, "p", 1);
     s.put_connection(&c, None, &ev()).await.unwrap();
     assert!(s.load_token(c.id, "").await.unwrap().is_none());
-    s.save_token(&token(&c, 1, 100, 1)).await.unwrap();
+    save_token(&s, &token(&c, 1, 100, 1)).await.unwrap();
     assert_eq!(
         s.load_token(c.id, "").await.unwrap().unwrap(),
         token(&c, 1, 100, 1)
     );
     // a slow writer with an older token does not replace a fresher one
-    s.save_token(&token(&c, 1, 50, 2)).await.unwrap();
+    save_token(&s, &token(&c, 1, 50, 2)).await.unwrap();
     assert_eq!(
         s.load_token(c.id, "").await.unwrap().unwrap().access_token,
         vec![1]
     );
-    s.save_token(&token(&c, 1, 200, 3)).await.unwrap();
+    save_token(&s, &token(&c, 1, 200, 3)).await.unwrap();
     assert_eq!(
         s.load_token(c.id, "").await.unwrap().unwrap().access_token,
         vec![3]
     );
     // a token of a newer connection version always wins
-    s.save_token(&token(&c, 2, 10, 4)).await.unwrap();
+    save_token(&s, &token(&c, 2, 10, 4)).await.unwrap();
     let got = s.load_token(c.id, "").await.unwrap().unwrap();
     assert_eq!((got.access_token, got.connection_version), (vec![4], 2));
     // and an older version never does
-    s.save_token(&token(&c, 1, 999, 5)).await.unwrap();
+    save_token(&s, &token(&c, 1, 999, 5)).await.unwrap();
     assert_eq!(
         s.load_token(c.id, "").await.unwrap().unwrap().access_token,
         vec![4]
@@ -260,7 +305,7 @@ async fn tokens_keep_the_fresher(s: Arc<dyn Store>) {
     // subjects are separate rows
     let mut alice = token(&c, 2, 10, 6);
     alice.subject = "alice".into();
-    s.save_token(&alice).await.unwrap();
+    save_token(&s, &alice).await.unwrap();
     assert_eq!(
         s.load_token(c.id, "alice")
             .await
@@ -291,18 +336,18 @@ async fn cascades(s: Arc<dyn Store>) {
     s.create_tenant(&t).await.unwrap();
     let c = conn(&t, "p", 1);
     s.put_connection(&c, None, &ev()).await.unwrap();
-    s.save_token(&token(&c, 1, 100, 1)).await.unwrap();
+    save_token(&s, &token(&c, 1, 100, 1)).await.unwrap();
     assert!(s.delete_connection(&key(&t, "p"), &ev()).await.unwrap());
     assert!(s.load_token(c.id, "").await.unwrap().is_none());
     // a token for a deleted connection is refused, not orphaned
     assert!(matches!(
-        s.save_token(&token(&c, 1, 100, 1)).await,
+        save_token(&s, &token(&c, 1, 100, 1)).await,
         Err(StoreError::MissingParent)
     ));
 
     let c2 = conn(&t, "q", 1);
     s.put_connection(&c2, None, &ev()).await.unwrap();
-    s.save_token(&token(&c2, 1, 100, 1)).await.unwrap();
+    save_token(&s, &token(&c2, 1, 100, 1)).await.unwrap();
     assert!(s.delete_tenant(&t.slug, "test").await.unwrap());
     assert!(s.get_connection(&key(&t, "q")).await.unwrap().is_none());
     assert!(s.load_token(c2.id, "").await.unwrap().is_none());
@@ -570,7 +615,7 @@ async fn grants_and_refreshes(s: Arc<dyn Store>) {
     let mut t2 = tok.clone();
     t2.access_token = vec![6];
     t2.expires_at = at(200);
-    s.save_refreshed(g.id, None, &t2).await.unwrap();
+    assert_eq!(save_refreshed(&s, &g, None, &t2).await, LeaseWrite::Written);
     assert_eq!(
         s.get_grant(c.id, "alice")
             .await
@@ -590,7 +635,10 @@ async fn grants_and_refreshes(s: Arc<dyn Store>) {
     let mut t3 = t2.clone();
     t3.access_token = vec![7];
     t3.expires_at = at(300);
-    s.save_refreshed(g.id, Some(&[2]), &t3).await.unwrap();
+    assert_eq!(
+        save_refreshed(&s, &g, Some(&[2]), &t3).await,
+        LeaseWrite::Written
+    );
     assert_eq!(
         s.get_grant(c.id, "alice")
             .await
@@ -599,10 +647,15 @@ async fn grants_and_refreshes(s: Arc<dyn Store>) {
             .refresh_token,
         Some(vec![2])
     );
-    assert!(matches!(
-        s.save_refreshed(Uuid::now_v7(), None, &t3).await,
-        Err(StoreError::Conflict)
-    ));
+    let unknown = GrantRecord {
+        id: Uuid::now_v7(),
+        ..g.clone()
+    };
+    assert_eq!(
+        save_refreshed(&s, &unknown, None, &t3).await,
+        LeaseWrite::GrantChanged,
+        "a refresh of a grant that is gone writes nothing"
+    );
 
     assert!(
         s.set_grant_status(g.id, g.version, GrantStatus::ReauthorizationRequired, at(5))
@@ -644,7 +697,10 @@ async fn grants_and_refreshes(s: Arc<dyn Store>) {
         1
     );
 
-    s.save_refreshed(g.id, None, &t3).await.unwrap();
+    assert_eq!(
+        save_refreshed(&s, &again, None, &t3).await,
+        LeaseWrite::Written
+    );
     assert!(s.delete_grant(c.id, "alice", &ev()).await.unwrap());
     assert!(
         s.load_token(c.id, "alice").await.unwrap().is_none(),
@@ -1284,7 +1340,7 @@ async fn changes_announce_themselves_in_their_transaction(s: Arc<dyn Store>) {
     ));
     let mut tok = token(&c, 1, 500, 4);
     tok.token_sha256 = vec![4; 32];
-    s.save_token(&tok).await.unwrap();
+    save_token(&s, &tok).await.unwrap();
     assert!(
         !s.invalidate_token(c.id, "", &[9; 32], &named("not-current"))
             .await
