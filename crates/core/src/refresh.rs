@@ -363,9 +363,6 @@ impl Held<'_> {
             }
             Err(e) => {
                 let class = classify(&e, !key.subject.is_client());
-                let until = class
-                    .remember
-                    .then(|| inner.clock.now() + inner.config.negative_ttl);
                 let error = match &e {
                     Error::Provider(p) => serde_json::to_string(p).unwrap_or_default(),
                     _ => String::new(),
@@ -373,7 +370,8 @@ impl Held<'_> {
                 let failed = LeaseEnd::Failed {
                     error: &error,
                     connection_version: conn.version,
-                    until: until.filter(|_| !error.is_empty()),
+                    remember_for: (class.remember && !error.is_empty())
+                        .then_some(inner.config.negative_ttl),
                     outcome_known: class.outcome_known,
                 };
                 if let Err(store_err) = inner
@@ -433,6 +431,12 @@ impl Held<'_> {
         if self.lease.unfinished_attempt {
             tracing::warn!(subject = %key.subject, "an earlier refresh of this grant never finished; trying the stored refresh token once");
         }
+        // Everything that can be slow happens before the attempt is recorded, so the
+        // attempt's deadline covers only the request.
+        let refresh_token = inner
+            .envelope
+            .decrypt_string(grant_aad(grant.id), rt_ct)
+            .await?;
         // Record the attempt with its own deadline, then send only if the deadline still
         // covers the whole request: the time the mark itself took is subtracted.
         let marking = tokio::time::Instant::now();
@@ -441,13 +445,13 @@ impl Held<'_> {
             .mark_refresh_attempt(
                 conn.id,
                 key.subject.as_str(),
-                self.lease.generation,
+                self.lease,
                 inner.config.attempt_ttl(),
             )
             .await?
         else {
             return Err(ProviderError::Unavailable {
-                reason: "the refresh lease was lost before the request could be sent".into(),
+                reason: "the refresh lease was lost, or an earlier attempt finished, before the request could be sent".into(),
                 retry_after: Some(Duration::from_secs(1)),
                 never_sent: true,
             }
@@ -463,27 +467,36 @@ impl Held<'_> {
             }
             .into());
         }
-        let refresh_token = inner
-            .envelope
-            .decrypt_string(grant_aad(grant.id), rt_ct)
-            .await?;
         let sent_at = inner.clock.now();
-        let response = inner
-            .client
-            .fetch(&TokenRequest {
-                token_url,
-                credentials: ClientCredentials {
-                    auth: effective.user_grant_client_auth,
-                    client_id: &effective.client_id,
-                    client_secret: &client_secret,
-                },
-                grant: Grant::RefreshToken(&refresh_token),
-                scopes: &grant.scopes,
-                audience: None,
-                extra_params: &effective.extra_params,
-                default_expires_in: effective.default_expires_in,
-            })
-            .await;
+        let request = TokenRequest {
+            token_url,
+            credentials: ClientCredentials {
+                auth: effective.user_grant_client_auth,
+                client_id: &effective.client_id,
+                client_secret: &client_secret,
+            },
+            grant: Grant::RefreshToken(&refresh_token),
+            scopes: &grant.scopes,
+            audience: None,
+            extra_params: &effective.extra_params,
+            default_expires_in: effective.default_expires_in,
+        };
+        // Bounded by the attempt's deadline (less a margin) as well as by the request
+        // timeout: whatever the client does before sending (a proxy's target check
+        // resolves DNS), the request must be over before another replica may resolve it.
+        let response = match tokio::time::timeout(
+            left.saturating_sub(LEASE_MARGIN),
+            inner.client.fetch(&request),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(ProviderError::Unavailable {
+                reason: "the refresh request did not finish within its attempt's deadline".into(),
+                retry_after: Some(Duration::from_secs(1)),
+                never_sent: false,
+            }),
+        };
         let response = match response {
             Err(ProviderError::OAuth { code, .. }) if code == "invalid_grant" => {
                 let marked = inner

@@ -191,6 +191,10 @@ pub struct Lease {
     /// recorded (its holder died or lost the lease mid-request). The lease is only granted
     /// once that attempt's own deadline has passed, so it can no longer be in flight.
     pub unfinished_attempt: bool,
+    /// The generation of that unfinished attempt, as seen when the lease was taken. A new
+    /// attempt is recorded only if it is still the recorded one: if its late result landed
+    /// meanwhile, the refresh token read under the lease may already be spent.
+    pub attempt_seen: Option<i64>,
 }
 
 /// A recorded refresh attempt: sent under `generation`, over by `deadline_in` from the
@@ -217,13 +221,14 @@ pub enum LeaseEnd<'a> {
         token: &'a TokenRecord,
         grant: Option<GrantWrite<'a>>,
     },
-    /// The provider failed. `definitive` errors are remembered until `until` (a brief
-    /// negative cache for every replica); `outcome_known` is false when a refresh request
-    /// may have reached the provider (timeout, 5xx), so the attempt stays marked unfinished.
+    /// The provider failed. Definitive errors are remembered for `remember_for` from now on
+    /// the database's clock (a brief negative cache for every replica); `outcome_known` is
+    /// false when a refresh request may have reached the provider (timeout, 5xx), so the
+    /// attempt stays marked unfinished.
     Failed {
         error: &'a str,
         connection_version: i64,
-        until: Option<OffsetDateTime>,
+        remember_for: Option<std::time::Duration>,
         outcome_known: bool,
     },
     /// Nothing to write (e.g. another replica had stored a fresh token meanwhile).
@@ -443,14 +448,14 @@ pub trait Store: DataKeyStore {
         generation: i64,
         ttl: std::time::Duration,
     ) -> Result<bool, StoreError>;
-    /// Records that a refresh-token request is about to be sent under `generation`, with
-    /// its own deadline `ttl` from now (database time), if the lease is still ours.
-    /// None: the lease was lost; do not send.
+    /// Records that a refresh-token request is about to be sent under `lease`'s generation,
+    /// with its own deadline `ttl` from now (database time), if the lease is still ours and
+    /// the recorded attempt is still the one seen when it was taken. None: do not send.
     async fn mark_refresh_attempt(
         &self,
         connection_id: Uuid,
         subject: &str,
-        generation: i64,
+        lease: Lease,
         ttl: std::time::Duration,
     ) -> Result<Option<AttemptMark>, StoreError>;
     /// Ends the lease with its result, fenced by `generation` (see `LeaseEnd`), and

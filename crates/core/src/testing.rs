@@ -150,7 +150,7 @@ impl Store for UnreachableStore {
         &self,
         _: Uuid,
         _: &str,
-        _: i64,
+        _: crate::store::Lease,
         _: std::time::Duration,
     ) -> Result<Option<crate::store::AttemptMark>, StoreError> {
         unreachable!("the store must not be used here")

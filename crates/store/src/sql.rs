@@ -655,9 +655,11 @@ impl Store for SqlStore {
             )
             .await?;
         row.map(|r| {
+            let attempt_seen = r.opt_int("refresh_attempt_gen")?;
             Ok(Lease {
                 generation: r.int("generation")?,
-                unfinished_attempt: r.opt_int("refresh_attempt_gen")?.is_some(),
+                unfinished_attempt: attempt_seen.is_some(),
+                attempt_seen,
             })
         })
         .transpose()
@@ -687,9 +689,10 @@ impl Store for SqlStore {
         &self,
         connection_id: Uuid,
         subject: &str,
-        generation: i64,
+        lease: Lease,
         ttl: std::time::Duration,
     ) -> Result<Option<AttemptMark>, StoreError> {
+        // Generations start at 1, so 0 stands for "no attempt recorded".
         let done = self
             .db
             .pool()
@@ -697,8 +700,14 @@ impl Store for SqlStore {
                 "UPDATE refresh_leases SET refresh_attempt_gen = $3, \
                    attempt_until = {now} + {micros:$4} \
                  WHERE connection_id = $1 AND subject = $2 AND generation = $3 \
-                   AND lease_until > {now}",
-                args![connection_id, subject, generation, micros(ttl)],
+                   AND lease_until > {now} AND COALESCE(refresh_attempt_gen, 0) = $5",
+                args![
+                    connection_id,
+                    subject,
+                    lease.generation,
+                    micros(ttl),
+                    lease.attempt_seen.unwrap_or(0)
+                ],
             )
             .await?;
         Ok((done == 1).then_some(AttemptMark { deadline_in: ttl }))
@@ -765,7 +774,7 @@ impl Store for SqlStore {
             LeaseEnd::Failed {
                 error,
                 connection_version,
-                until,
+                remember_for,
                 outcome_known,
             } => {
                 if !ours {
@@ -777,7 +786,7 @@ impl Store for SqlStore {
                     "UPDATE refresh_leases SET lease_holder = NULL, lease_until = NULL, \
                        last_error = CASE WHEN $5 IS NULL THEN last_error ELSE $4 END, \
                        error_version = CASE WHEN $5 IS NULL THEN error_version ELSE $6 END, \
-                       error_until = COALESCE($5, error_until), \
+                       error_until = COALESCE({now} + {micros:$5}, error_until), \
                        refresh_attempt_gen = CASE WHEN $7 AND refresh_attempt_gen = $3 THEN NULL \
                          ELSE refresh_attempt_gen END \
                      WHERE connection_id = $1 AND subject = $2",
@@ -786,7 +795,7 @@ impl Store for SqlStore {
                         subject,
                         generation,
                         error,
-                        until,
+                        remember_for.map(micros),
                         connection_version,
                         outcome_known
                     ],

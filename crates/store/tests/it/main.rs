@@ -68,6 +68,7 @@ both!(
     a_refresh_attempt_blocks_takeover_until_its_deadline,
     a_refresh_never_writes_over_a_revoked_or_reauthorized_grant,
     changes_announce_themselves_in_their_transaction,
+    a_late_result_landing_after_takeover_stops_the_new_attempt,
 );
 
 fn at(s: i64) -> OffsetDateTime {
@@ -788,7 +789,7 @@ async fn refresh_leases_are_exclusive_and_fenced(s: Arc<dyn Store>) {
     assert_eq!(c3.generation, 3);
     // B's lease is gone: it may no longer start a refresh...
     assert!(
-        s.mark_refresh_attempt(c.id, "", b.generation, D::from_secs(10))
+        s.mark_refresh_attempt(c.id, "", b, D::from_secs(10))
             .await
             .unwrap()
             .is_none()
@@ -802,7 +803,7 @@ async fn refresh_leases_are_exclusive_and_fenced(s: Arc<dyn Store>) {
 
     // C starts a refresh; while it runs, D cannot take the lease.
     assert!(
-        s.mark_refresh_attempt(c.id, "", c3.generation, D::from_secs(10))
+        s.mark_refresh_attempt(c.id, "", c3, D::from_secs(10))
             .await
             .unwrap()
             .is_some()
@@ -854,7 +855,7 @@ async fn refresh_leases_are_exclusive_and_fenced(s: Arc<dyn Store>) {
 
     // D sends a refresh and dies: its lease runs out, the attempt stays recorded.
     assert!(
-        s.mark_refresh_attempt(c.id, "", d.generation, SHORT)
+        s.mark_refresh_attempt(c.id, "", d, SHORT)
             .await
             .unwrap()
             .is_some()
@@ -888,7 +889,6 @@ async fn refresh_leases_are_exclusive_and_fenced(s: Arc<dyn Store>) {
 
     // A definitive failure is remembered until `until`, for the connection version it hit.
     assert!(s.recent_failure(c.id, "").await.unwrap().is_none());
-    let until = OffsetDateTime::UNIX_EPOCH + Duration::days(365 * 200);
     assert_eq!(
         s.finish_lease(
             c.id,
@@ -897,7 +897,7 @@ async fn refresh_leases_are_exclusive_and_fenced(s: Arc<dyn Store>) {
             LeaseEnd::Failed {
                 error: "{\"x\":1}",
                 connection_version: 1,
-                until: Some(until),
+                remember_for: Some(std::time::Duration::from_secs(3600)),
                 outcome_known: true
             },
             &ev()
@@ -940,7 +940,7 @@ async fn refresh_leases_are_exclusive_and_fenced(s: Arc<dyn Store>) {
         LeaseEnd::Failed {
             error: "e",
             connection_version: 1,
-            until: Some(at(0)),
+            remember_for: Some(std::time::Duration::ZERO),
             outcome_known: true,
         },
         &ev(),
@@ -1134,7 +1134,7 @@ async fn a_refresh_attempt_blocks_takeover_until_its_deadline(s: Arc<dyn Store>)
         .unwrap()
         .unwrap();
     let mark = s
-        .mark_refresh_attempt(c.id, "alice", a.generation, D::from_secs(30))
+        .mark_refresh_attempt(c.id, "alice", a, D::from_secs(30))
         .await
         .unwrap()
         .expect("the holder may mark an attempt");
@@ -1178,7 +1178,7 @@ async fn a_refresh_attempt_blocks_takeover_until_its_deadline(s: Arc<dyn Store>)
     // An attempt whose outcome is unknown (a timeout: the provider may still be working on
     // it) keeps blocking until its deadline, then tells the next holder that the refresh
     // token may have been consumed.
-    s.mark_refresh_attempt(c.id, "alice", b.generation, SHORT)
+    s.mark_refresh_attempt(c.id, "alice", b, SHORT)
         .await
         .unwrap()
         .unwrap();
@@ -1189,7 +1189,7 @@ async fn a_refresh_attempt_blocks_takeover_until_its_deadline(s: Arc<dyn Store>)
         LeaseEnd::Failed {
             error: "",
             connection_version: 1,
-            until: None,
+            remember_for: None,
             outcome_known: false,
         },
         &ev(),
@@ -1372,4 +1372,50 @@ async fn changes_announce_themselves_in_their_transaction(s: Arc<dyn Store>) {
         },
     };
     assert_eq!(gone, vec![expect("p"), expect("q")]);
+}
+
+/// A holder whose refresh outlived its deadline; B takes over and reads the grant; then A's
+/// late result lands (its attempt was still the recorded one) with a rotated refresh token.
+/// B must not record an attempt of its own: the refresh token it read is spent.
+async fn a_late_result_landing_after_takeover_stops_the_new_attempt(s: Arc<dyn Store>) {
+    use std::time::Duration as D;
+    let t = tenant("acme");
+    s.create_tenant(&t).await.unwrap();
+    let c = conn(&t, "p", 1);
+    s.put_connection(&c, None, &ev()).await.unwrap();
+    let a = s
+        .try_lease(c.id, "", "replica-a", SHORT)
+        .await
+        .unwrap()
+        .unwrap();
+    s.mark_refresh_attempt(c.id, "", a, SHORT)
+        .await
+        .unwrap()
+        .unwrap();
+    let b = take_over(&s, c.id, "replica-b").await;
+    assert_eq!(b.attempt_seen, Some(a.generation));
+    let late = token(&c, 1, 900, 7);
+    assert_eq!(
+        s.finish_lease(
+            c.id,
+            "",
+            a.generation,
+            LeaseEnd::Token {
+                token: &late,
+                grant: None
+            },
+            &ev()
+        )
+        .await
+        .unwrap(),
+        LeaseWrite::Written,
+        "A's recorded attempt is written although B holds the lease"
+    );
+    assert!(
+        s.mark_refresh_attempt(c.id, "", b, D::from_secs(30))
+            .await
+            .unwrap()
+            .is_none(),
+        "B's attempt is refused: the attempt it saw has finished"
+    );
 }
