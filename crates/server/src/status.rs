@@ -1,4 +1,5 @@
-//! The one place where domain errors become gRPC statuses (DESIGN.md "Error mapping").
+//! The one place where domain errors become gRPC statuses (docs/architecture.md "Errors →
+//! statuses"; the table callers see is README "API and errors").
 //! The match is exhaustive without a wildcard: a new error variant is a compile error here
 //! until someone decides its status. Internal errors are logged with context and answered
 //! with a generic message; nothing here ever formats a secret.
