@@ -147,7 +147,7 @@ async fn a_lease_holder_killed_mid_refresh_loses_nothing() {
     let arrivals = Arc::new(std::sync::Mutex::new(Vec::new()));
     let noted = arrivals.clone();
     let mock = grant_provider(move |n| {
-        noted.lock().unwrap().push(std::time::Instant::now());
+        noted.lock().unwrap().push(tokio::time::Instant::now());
         if n == 1 {
             ResponseTemplate::new(200)
                 .set_body_json(
