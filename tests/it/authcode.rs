@@ -7,7 +7,9 @@ use serde_json::{Value, json};
 use tokenvend_testkit::oidc::OidcServer;
 use tonic::Code;
 
-use crate::support::{Client, Opts, Server, grant_connection, grant_provider, reason};
+use crate::support::{
+    Client, Server, grant_connection, grant_provider, no_invalidate_limit, public_url, reason, user,
+};
 
 struct Setup {
     oidc: OidcServer,
@@ -30,31 +32,20 @@ async fn setup() -> Setup {
     }))
     .await
     .unwrap();
-    let server = Server::start(Opts {
-        env: vec![
-            ("TOKENVEND_HTTP_ADDR", format!("127.0.0.1:{http_port}")),
-            ("TOKENVEND_PUBLIC_URL", public),
-            ("TOKENVEND_INVALIDATE_MIN_INTERVAL", "0s".into()),
-        ],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let c = server.client().await;
-    c.call("AdminService/CreateTenant", json!({"tenant": "acme"}))
-        .await
-        .unwrap();
-    c.call(
-        "AdminService/PutConnection",
-        json!({"tenant": "acme", "provider": "oidc",
+    let (server, c) = Server::with_acme(vec![
+        ("TOKENVEND_HTTP_ADDR", format!("127.0.0.1:{http_port}")),
+        ("TOKENVEND_PUBLIC_URL", public),
+        no_invalidate_limit(),
+    ])
+    .await;
+    c.put_connection(json!({"tenant": "acme", "provider": "oidc",
                "token_url": format!("{}/token", oidc.issuer),
                "authorize_url": format!("{}/auth", oidc.issuer),
                "revocation_url": format!("{}/token/revocation", oidc.issuer),
                "client_id": "web", "client_secret": "web-client-secret-Qx1",
-               "client_auth": "CLIENT_AUTH_POST", "scopes": ["read"]}),
-    )
-    .await
-    .unwrap();
+               "client_auth": "CLIENT_AUTH_POST", "scopes": ["read"]}))
+        .await
+        .unwrap();
     Setup { oidc, server, c }
 }
 
@@ -72,15 +63,14 @@ async fn browser(authorization_url: &str, login_hint: &str) -> (u16, String) {
 }
 
 async fn start(c: &Client, subject: &str) -> Value {
-    c.call(
-        "AdminService/StartAuthorization",
-        json!({"tenant": "acme", "provider": "oidc", "subject": subject}),
-    )
-    .await
-    .unwrap()
+    c.call("AdminService/StartAuthorization", oidc_user(subject))
+        .await
+        .unwrap()
 }
 
-fn user_token(subject: &str) -> Value {
+/// An end user of connection `oidc`, as GetToken, GetGrant, RevokeGrant and
+/// StartAuthorization name one.
+fn oidc_user(subject: &str) -> Value {
     json!({"tenant": "acme", "provider": "oidc", "subject": subject})
 }
 
@@ -104,10 +94,7 @@ async fn code_flow_refresh_rotation_and_revocation() {
     assert!(page.contains("Authorization complete"), "{page}");
 
     let grant = c
-        .call(
-            "AdminService/GetGrant",
-            json!({"tenant": "acme", "provider": "oidc", "subject": "alice"}),
-        )
+        .call("AdminService/GetGrant", oidc_user("alice"))
         .await
         .unwrap();
     assert_eq!(grant["status"], "active");
@@ -119,7 +106,7 @@ async fn code_flow_refresh_rotation_and_revocation() {
 
     // The token from the code exchange is served; no refresh yet.
     let t1 = c
-        .call("TokenService/GetToken", user_token("alice"))
+        .call("TokenService/GetToken", oidc_user("alice"))
         .await
         .unwrap();
     assert_eq!(t1["scopes"], json!(["read"]));
@@ -148,7 +135,7 @@ async fn code_flow_refresh_rotation_and_revocation() {
         assert_eq!(inv["invalidated"], true);
         let calls = (0..50).map(|_| {
             let c = c.clone();
-            async move { c.call("TokenService/GetToken", user_token("alice")).await }
+            async move { c.call("TokenService/GetToken", oidc_user("alice")).await }
         });
         let results = futures::future::join_all(calls).await;
         let fresh = results[0].as_ref().unwrap()["access_token"]
@@ -180,16 +167,13 @@ async fn code_flow_refresh_rotation_and_revocation() {
 
     // Revocation at the provider, then the grant is gone.
     let revoked = c
-        .call(
-            "AdminService/RevokeGrant",
-            json!({"tenant": "acme", "provider": "oidc", "subject": "alice"}),
-        )
+        .call("AdminService/RevokeGrant", oidc_user("alice"))
         .await
         .unwrap();
     assert_eq!(revoked["revoked_at_provider"], true);
     assert_eq!(oidc.stats().await.unwrap()["revocations"], 1);
     let err = c
-        .call("TokenService/GetToken", user_token("alice"))
+        .call("TokenService/GetToken", oidc_user("alice"))
         .await
         .unwrap_err();
     assert_eq!(
@@ -197,10 +181,7 @@ async fn code_flow_refresh_rotation_and_revocation() {
         (Code::NotFound, Some("GRANT_NOT_FOUND"))
     );
     let err = c
-        .call(
-            "AdminService/GetGrant",
-            json!({"tenant": "acme", "provider": "oidc", "subject": "alice"}),
-        )
+        .call("AdminService/GetGrant", oidc_user("alice"))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
@@ -229,10 +210,7 @@ async fn refused_expired_and_unknown_flows_store_nothing() {
     assert_eq!(status, 400, "{page}");
     assert!(page.contains("access_denied"), "{page}");
     let err = c
-        .call(
-            "AdminService/GetGrant",
-            json!({"tenant": "acme", "provider": "oidc", "subject": "bob"}),
-        )
+        .call("AdminService/GetGrant", oidc_user("bob"))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
@@ -282,10 +260,7 @@ async fn refused_expired_and_unknown_flows_store_nothing() {
         (Code::FailedPrecondition, Some("INVALID_GRANT"))
     );
     let err = c
-        .call(
-            "AdminService/GetGrant",
-            json!({"tenant": "acme", "provider": "oidc", "subject": "carol"}),
-        )
+        .call("AdminService/GetGrant", oidc_user("carol"))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
@@ -329,26 +304,15 @@ async fn refused_expired_and_unknown_flows_store_nothing() {
 async fn callback_pages_are_private_and_show_no_provider_text() {
     const PLANTED: &str = "planted-description-Vw3";
     let provider = grant_provider(|_| wiremock::ResponseTemplate::new(500)).await;
-    let server = Server::start(Opts {
-        env: vec![(
-            "TOKENVEND_PUBLIC_URL",
-            "https://tokenvend.example.com".into(),
-        )],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let server = Server::with_env(vec![public_url()]).await;
     let c = server.client().await;
     grant_connection(&c, &provider, None).await;
     let start = |subject: &'static str| {
         let c = c.clone();
         async move {
-            c.call(
-                "AdminService/StartAuthorization",
-                json!({"tenant": "acme", "provider": "p", "subject": subject}),
-            )
-            .await
-            .unwrap()["state"]
+            c.call("AdminService/StartAuthorization", user(subject))
+                .await
+                .unwrap()["state"]
                 .as_str()
                 .unwrap()
                 .to_owned()

@@ -10,7 +10,7 @@ use wiremock::{
     matchers::{method, path},
 };
 
-use crate::support::{CallOpts, Opts, Server, get_token_req, reason, retry_info, setup_connection};
+use crate::support::{CallOpts, Server, get_token_req, reason, retry_info, setup_connection};
 
 const SECRET: &str = "planted-client-secret-Zq81x";
 const TOKEN: &str = "planted-access-token-Kp27w";
@@ -109,12 +109,7 @@ async fn error_paths_map_to_statuses_and_never_leak_secrets() {
     )
     .await;
 
-    let server = Server::start(Opts {
-        env: vec![("TOKENVEND_PROVIDER_TIMEOUT", "1s".into())],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let server = Server::with_env(vec![("TOKENVEND_PROVIDER_TIMEOUT", "1s".into())]).await;
     let c = server.client().await;
     let mut admin_output = String::new();
     for p in [
@@ -156,10 +151,7 @@ async fn error_paths_map_to_statuses_and_never_leak_secrets() {
     .await;
 
     // Success first: the planted token comes back, normalised.
-    let ok = c
-        .call("TokenService/GetToken", get_token_req("acme", "ok"))
-        .await
-        .unwrap();
+    let ok = c.get_token("acme", "ok").await.unwrap();
     assert_eq!(ok["access_token"], TOKEN);
     assert_eq!(ok["token_type"], "Bearer");
     assert_eq!(ok["scopes"], json!(["read", "write"]));
@@ -167,13 +159,7 @@ async fn error_paths_map_to_statuses_and_never_leak_secrets() {
 
     let mut messages = Vec::new();
     let mut expect = async |provider_slug: &str, code: Code, why: &str| {
-        let err = c
-            .call(
-                "TokenService/GetToken",
-                get_token_req("acme", provider_slug),
-            )
-            .await
-            .unwrap_err();
+        let err = c.get_token("acme", provider_slug).await.unwrap_err();
         assert_eq!(err.code(), code, "{provider_slug}: {err:?}");
         assert_eq!(
             reason(&err).as_deref(),
@@ -271,26 +257,17 @@ async fn error_paths_map_to_statuses_and_never_leak_secrets() {
     messages.push(err.message().to_owned());
 
     // Unknown names, bad input.
-    let err = c
-        .call("TokenService/GetToken", get_token_req("nobody", "ok"))
-        .await
-        .unwrap_err();
+    let err = c.get_token("nobody", "ok").await.unwrap_err();
     assert_eq!(
         (err.code(), reason(&err).as_deref()),
         (Code::NotFound, Some("TENANT_NOT_FOUND"))
     );
-    let err = c
-        .call("TokenService/GetToken", get_token_req("acme", "nothing"))
-        .await
-        .unwrap_err();
+    let err = c.get_token("acme", "nothing").await.unwrap_err();
     assert_eq!(
         (err.code(), reason(&err).as_deref()),
         (Code::NotFound, Some("CONNECTION_NOT_FOUND"))
     );
-    let err = c
-        .call("TokenService/GetToken", get_token_req("Not_A_Slug", "ok"))
-        .await
-        .unwrap_err();
+    let err = c.get_token("Not_A_Slug", "ok").await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().starts_with("tenant:"), "{}", err.message());
     let err = c
@@ -340,10 +317,7 @@ async fn error_paths_map_to_statuses_and_never_leak_secrets() {
             "provider",
         ),
     ] {
-        let err = c
-            .call("AdminService/PutConnection", req.clone())
-            .await
-            .unwrap_err();
+        let err = c.put_connection(req.clone()).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{req}");
         assert!(
             err.message().starts_with(&format!("{field}:")),
@@ -361,7 +335,7 @@ async fn error_paths_map_to_statuses_and_never_leak_secrets() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    let err = c.call("AdminService/PutConnection", json!({"tenant": "ghost", "provider": "x", "token_url": "https://a.example/t", "client_id": "c"})).await.unwrap_err();
+    let err = c.put_connection(json!({"tenant": "ghost", "provider": "x", "token_url": "https://a.example/t", "client_id": "c"})).await.unwrap_err();
     assert_eq!(
         (err.code(), reason(&err).as_deref()),
         (Code::NotFound, Some("TENANT_NOT_FOUND"))
@@ -405,16 +379,8 @@ async fn error_paths_map_to_statuses_and_never_leak_secrets() {
 
 #[tokio::test]
 async fn production_policy_refuses_internal_and_plain_http_endpoints() {
-    let server = Server::start(Opts {
-        env: vec![("TOKENVEND_ALLOW_INSECURE_ENDPOINTS", "false".into())],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let c = server.client().await;
-    c.call("AdminService/CreateTenant", json!({"tenant": "acme"}))
-        .await
-        .unwrap();
+    let (_server, c) =
+        Server::with_acme(vec![("TOKENVEND_ALLOW_INSECURE_ENDPOINTS", "false".into())]).await;
     for url in [
         "http://auth.example.com/token",
         "https://127.0.0.1/token",
@@ -423,7 +389,7 @@ async fn production_policy_refuses_internal_and_plain_http_endpoints() {
         "https://localhost/token",
     ] {
         let err = c
-            .call("AdminService/PutConnection", json!({"tenant": "acme", "provider": "p", "token_url": url, "client_id": "c", "client_secret": "s"}))
+            .put_connection(json!({"tenant": "acme", "provider": "p", "token_url": url, "client_id": "c", "client_secret": "s"}))
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{url}");
@@ -434,7 +400,7 @@ async fn production_policy_refuses_internal_and_plain_http_endpoints() {
         );
     }
     let ok = c
-        .call("AdminService/PutConnection", json!({"tenant": "acme", "provider": "p", "token_url": "https://auth.example.com/token", "client_id": "c", "client_secret": "s"}))
+        .put_connection(json!({"tenant": "acme", "provider": "p", "token_url": "https://auth.example.com/token", "client_id": "c", "client_secret": "s"}))
         .await
         .unwrap();
     assert_eq!(ok["effective_token_url"], "https://auth.example.com/token");

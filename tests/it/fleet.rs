@@ -13,30 +13,11 @@ use wiremock::{
 };
 
 use crate::support::{
-    CallOpts, Client, Opts, Server, authorize, get_token_req, grant_connection, grant_provider,
-    reason, refresh_tokens_presented, user,
+    CallOpts, Client, Opts, Server, answer, authorize, expires_at, grant_connection,
+    grant_provider, health, no_invalidate_limit, now, numbered_provider, public_url, reason,
+    refresh_tokens_presented, report, rotated, setup_connection, token_answer, token_provider,
+    token_url, user, wait_for_refresh, wait_until,
 };
-
-async fn replicas(n: usize, url: &str, env: Vec<(&'static str, String)>) -> Vec<Server> {
-    let mut servers = Vec::new();
-    for _ in 0..n {
-        let mut env = env.clone();
-        env.push((
-            "TOKENVEND_PUBLIC_URL",
-            "https://tokenvend.example.com".into(),
-        ));
-        servers.push(
-            Server::start(Opts {
-                database_url: Some(url.to_owned()),
-                env,
-                ..Default::default()
-            })
-            .await
-            .unwrap(),
-        );
-    }
-    servers
-}
 
 async fn clients(servers: &[Server], per_server: usize) -> Vec<Client> {
     let mut out = Vec::new();
@@ -50,35 +31,16 @@ async fn clients(servers: &[Server], per_server: usize) -> Vec<Client> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_replicas_one_provider_request_for_a_cold_key() {
-    let provider = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"access_token": "fleet-token", "expires_in": 3600}))
-                .set_delay(Duration::from_millis(500)),
-        )
-        .expect(1)
-        .mount(&provider)
-        .await;
+    let answer = token_answer("fleet-token").set_delay(Duration::from_millis(500));
+    let provider = token_provider(answer, 1).await;
     let url = PgCluster::shared().fresh_database();
-    let servers = replicas(3, &url, vec![]).await;
+    let servers = Server::replicas(3, &url, vec![public_url()]).await;
     let admin = servers[0].client().await;
-    crate::support::setup_connection(
-        &admin,
-        "acme",
-        "p",
-        &format!("{}/token", provider.uri()),
-        "s",
-        json!({}),
-    )
-    .await;
+    setup_connection(&admin, "acme", "p", &token_url(&provider), "s", json!({})).await;
     let clients = clients(&servers, 3).await;
     let calls = (0..1000).map(|i| {
         let c = clients[i % clients.len()].clone();
-        async move {
-            c.call("TokenService/GetToken", get_token_req("acme", "p"))
-                .await
-        }
+        async move { c.get_token("acme", "p").await }
     });
     for r in join_all(calls).await {
         assert_eq!(r.expect("GetToken")["access_token"], "fleet-token");
@@ -93,19 +55,8 @@ async fn authorized(c: &Client, mock: &MockServer, subject: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn refresh_stampede_across_replicas_presents_the_refresh_token_once() {
-    let mock = grant_provider(|n| {
-        ResponseTemplate::new(200)
-            .set_body_json(json!({"access_token": format!("at-{n}"), "expires_in": 3600, "refresh_token": format!("rt-{n}")}))
-            .set_delay(Duration::from_millis(300))
-    })
-    .await;
-    let url = PgCluster::shared().fresh_database();
-    let servers = replicas(
-        3,
-        &url,
-        vec![("TOKENVEND_INVALIDATE_MIN_INTERVAL", "0s".into())],
-    )
-    .await;
+    let mock = grant_provider(|n| rotated(n).set_delay(Duration::from_millis(300))).await;
+    let servers = Server::grant_replicas(3).await;
     let admin = servers[0].client().await;
     authorized(&admin, &mock, "alice").await;
     let clients = clients(&servers, 2).await;
@@ -120,16 +71,13 @@ async fn refresh_stampede_across_replicas_presents_the_refresh_token_once() {
         // the stampede below must not race it. The first report drops it in the store.
         let mut invalidated = Vec::new();
         for c in clients.iter().step_by(2) {
-            let inv = c
-                .call("TokenService/InvalidateToken", json!({"tenant": "acme", "provider": "p", "subject": "alice", "access_token": dead}))
-                .await
-                .unwrap();
+            let inv = report(c, "alice", &dead).await.unwrap();
             invalidated.push(inv["invalidated"] == true);
         }
         assert!(invalidated[0], "the first report drops the token");
         let calls = (0..300).map(|i| {
             let c = clients[i % clients.len()].clone();
-            async move { c.call("TokenService/GetToken", user("alice")).await }
+            async move { c.user_token("alice").await }
         });
         for r in join_all(calls).await {
             assert_eq!(r.expect("GetToken")["access_token"], format!("at-{round}"));
@@ -165,44 +113,30 @@ async fn a_lease_holder_killed_mid_refresh_loses_nothing() {
     let lease_ttl = Duration::from_secs(2);
     let attempt_deadline = Duration::from_secs(4);
     let env = vec![
+        public_url(),
         ("TOKENVEND_PROVIDER_TIMEOUT", "1s".into()),
         ("TOKENVEND_LEASE_TTL", "2s".into()),
-        ("TOKENVEND_INVALIDATE_MIN_INTERVAL", "0s".into()),
+        no_invalidate_limit(),
     ];
-    let mut servers = replicas(2, &url, env).await;
+    let mut servers = Server::replicas(2, &url, env).await;
     let a = servers[0].client().await;
     let b = servers[1].client().await;
     authorized(&a, &mock, "alice").await;
-    a.call(
-        "TokenService/InvalidateToken",
-        json!({"tenant": "acme", "provider": "p", "subject": "alice", "access_token": "at-0"}),
-    )
-    .await
-    .unwrap();
+    report(&a, "alice", "at-0").await.unwrap();
 
     // Replica A takes the lease and sends the refresh; the provider holds it.
     let held = {
         let a = a.clone();
-        tokio::spawn(async move { a.call("TokenService/GetToken", user("alice")).await })
+        tokio::spawn(async move { a.user_token("alice").await })
     };
-    for _ in 0..200 {
-        if !refresh_tokens_presented(&mock).await.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    wait_for_refresh(&mock).await;
     assert_eq!(
         refresh_tokens_presented(&mock).await,
         ["rt-0"],
         "A's refresh reached the provider"
     );
     // kill -9 A while the provider holds the answer.
-    servers[0].proc.signal(libc::SIGKILL);
-    servers[0]
-        .proc
-        .wait_exit(Duration::from_secs(10))
-        .await
-        .unwrap();
+    servers[0].kill().await;
     let _ = held.await;
 
     // Replica B answers once A's attempt deadline has passed: A's refresh token may have
@@ -228,10 +162,7 @@ async fn a_lease_holder_killed_mid_refresh_loses_nothing() {
         "B knew the earlier attempt was unfinished"
     );
     // Never retried: asking again answers from the grant's status, not the provider.
-    let err = b
-        .call("TokenService/GetToken", user("alice"))
-        .await
-        .unwrap_err();
+    let err = b.user_token("alice").await.unwrap_err();
     assert_eq!(reason(&err).as_deref(), Some("REAUTHORIZATION_REQUIRED"));
     assert_eq!(
         refresh_tokens_presented(&mock).await,
@@ -257,13 +188,10 @@ async fn until_unavailable(c: &Client, provider: &str) -> (tonic::Status, usize)
         match c.call("TokenService/GetToken", req.clone()).await {
             Ok(t) => {
                 // Whatever happens at the provider, a served token is never expired.
-                let exp = time::OffsetDateTime::parse(
-                    t["expires_at"].as_str().unwrap(),
-                    &time::format_description::well_known::Rfc3339,
-                )
-                .unwrap();
-                let now = tokenvend_core::clock::Clock::now(&tokenvend_core::clock::SystemClock);
-                assert!(exp > now, "{provider}: served an expired token");
+                assert!(
+                    expires_at(&t) > now(),
+                    "{provider}: served an expired token"
+                );
                 served_while_down += 1;
             }
             Err(e) => return (e, served_while_down),
@@ -272,32 +200,22 @@ async fn until_unavailable(c: &Client, provider: &str) -> (tonic::Status, usize)
     }
 }
 
+/// A provider that issues one 4 s token, then answers every request with `then`.
+async fn one_short_token_then(then: ResponseTemplate) -> MockServer {
+    let (mock, _) = numbered_provider(move |n| match n {
+        1 => answer(json!({"access_token": "short", "expires_in": 4})),
+        _ => then.clone(),
+    })
+    .await;
+    mock
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provider_outages_serve_valid_tokens_never_expired_ones() {
     // Each provider issues one 4 s token, then fails: 500, hanging, connection refused.
-    let first = || {
-        ResponseTemplate::new(200).set_body_json(json!({"access_token": "short", "expires_in": 4}))
-    };
-    let failing = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(first())
-        .up_to_n_times(1)
-        .mount(&failing)
-        .await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(500))
-        .mount(&failing)
-        .await;
-    let hanging = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(first())
-        .up_to_n_times(1)
-        .mount(&hanging)
-        .await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(60)))
-        .mount(&hanging)
-        .await;
+    let failing = one_short_token_then(ResponseTemplate::new(500)).await;
+    let hanging =
+        one_short_token_then(ResponseTemplate::new(200).set_delay(Duration::from_secs(60))).await;
     // (wiremock keeps its ports open in a pool, so the refusing provider is a bare socket.)
     let refusing = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let refusing_url = format!("http://{}/token", refusing.local_addr().unwrap());
@@ -326,11 +244,11 @@ async fn provider_outages_serve_valid_tokens_never_expired_ones() {
     .unwrap();
     let c = server.client().await;
     for (name, url) in [
-        ("failing", format!("{}/token", failing.uri())),
-        ("hanging", format!("{}/token", hanging.uri())),
+        ("failing", token_url(&failing)),
+        ("hanging", token_url(&hanging)),
         ("refusing", refusing_url),
     ] {
-        crate::support::setup_connection(&c, "acme", name, &url, "s", json!({})).await;
+        setup_connection(&c, "acme", name, &url, "s", json!({})).await;
         c.call(
             "TokenService/GetToken",
             json!({"tenant": "acme", "provider": name, "min_ttl_seconds": 1}),
@@ -363,14 +281,10 @@ async fn definitive_errors_and_dead_providers_are_not_hammered() {
         .respond_with(ResponseTemplate::new(401).set_body_json(json!({"error": "invalid_client"})))
         .mount(&mock)
         .await;
-    let down = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(503))
-        .mount(&down)
-        .await;
+    let down = token_provider(ResponseTemplate::new(503), ..).await;
     let server = Server::start(Opts::default()).await.unwrap();
     let c = server.client().await;
-    crate::support::setup_connection(
+    setup_connection(
         &c,
         "acme",
         "bad",
@@ -379,18 +293,10 @@ async fn definitive_errors_and_dead_providers_are_not_hammered() {
         json!({}),
     )
     .await;
-    crate::support::setup_connection(
-        &c,
-        "acme",
-        "down",
-        &format!("{}/token", down.uri()),
-        "s",
-        json!({}),
-    )
-    .await;
+    setup_connection(&c, "acme", "down", &token_url(&down), "s", json!({})).await;
 
     // A hundred callers with a bad secret: one request; the rest get the remembered answer.
-    let calls = (0..100).map(|_| c.call("TokenService/GetToken", get_token_req("acme", "bad")));
+    let calls = (0..100).map(|_| c.get_token("acme", "bad"));
     for r in join_all(calls).await {
         let e = r.unwrap_err();
         assert_eq!(
@@ -399,13 +305,11 @@ async fn definitive_errors_and_dead_providers_are_not_hammered() {
         );
     }
     for _ in 0..10 {
-        c.call("TokenService/GetToken", get_token_req("acme", "bad"))
-            .await
-            .unwrap_err();
+        c.get_token("acme", "bad").await.unwrap_err();
     }
     assert_eq!(mock.received_requests().await.unwrap().len(), 1);
     // Fixing the connection forgets the remembered error at once.
-    crate::support::setup_connection(
+    setup_connection(
         &c,
         "acme",
         "bad",
@@ -414,62 +318,37 @@ async fn definitive_errors_and_dead_providers_are_not_hammered() {
         json!({}),
     )
     .await;
-    c.call("TokenService/GetToken", get_token_req("acme", "bad"))
-        .await
-        .unwrap_err();
+    c.get_token("acme", "bad").await.unwrap_err();
     assert_eq!(mock.received_requests().await.unwrap().len(), 2);
 
     // A provider answering 503: each fetch tries 3 times; after 5 failed fetches the
     // circuit opens and calls fail fast without reaching it.
     for _ in 0..5 {
-        let e = c
-            .call("TokenService/GetToken", get_token_req("acme", "down"))
-            .await
-            .unwrap_err();
+        let e = c.get_token("acme", "down").await.unwrap_err();
         assert_eq!(e.code(), Code::Unavailable);
     }
     assert_eq!(down.received_requests().await.unwrap().len(), 15);
-    let e = c
-        .call("TokenService/GetToken", get_token_req("acme", "down"))
-        .await
-        .unwrap_err();
+    let e = c.get_token("acme", "down").await.unwrap_err();
     assert_eq!(e.code(), Code::Unavailable);
     assert!(e.message().contains("consecutive"), "{}", e.message());
     assert!(crate::support::retry_info(&e).is_some());
     assert_eq!(down.received_requests().await.unwrap().len(), 15);
 }
 
-async fn health(c: &Client, service: &str) -> String {
-    c.call("grpc.health.v1.Health/Check", json!({"service": service}))
-        .await
-        .unwrap()["status"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 /// Polls the health service (the server's own watcher runs every second) until `service`
 /// reports `want`; bounded.
 async fn await_health(c: &Client, service: &str, want: &str) {
-    for _ in 0..100 {
-        if health(c, service).await == want {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{service} never became {want}");
+    wait_until(
+        Duration::from_secs(10),
+        &format!("{service} becomes {want}"),
+        async || health(c, service).await == want,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_keeps_cached_tokens_flowing() {
-    let provider = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"access_token": "cached", "expires_in": 3600})),
-        )
-        .mount(&provider)
-        .await;
+    let provider = token_provider(token_answer("cached"), ..).await;
     let pg = Arc::new(PgCluster::start().unwrap());
     let url = pg.fresh_database();
     let server = Server::start(Opts {
@@ -479,19 +358,9 @@ async fn a_database_outage_keeps_cached_tokens_flowing() {
     .await
     .unwrap();
     let c = server.client().await;
-    crate::support::setup_connection(
-        &c,
-        "acme",
-        "p",
-        &format!("{}/token", provider.uri()),
-        "s",
-        json!({}),
-    )
-    .await;
+    setup_connection(&c, "acme", "p", &token_url(&provider), "s", json!({})).await;
     assert_eq!(
-        c.call("TokenService/GetToken", get_token_req("acme", "p"))
-            .await
-            .unwrap()["access_token"],
+        c.get_token("acme", "p").await.unwrap()["access_token"],
         "cached"
     );
 
@@ -502,9 +371,7 @@ async fn a_database_outage_keeps_cached_tokens_flowing() {
     // Cache hits keep being served; administration says the store is unavailable.
     for _ in 0..20 {
         assert_eq!(
-            c.call("TokenService/GetToken", get_token_req("acme", "p"))
-                .await
-                .unwrap()["access_token"],
+            c.get_token("acme", "p").await.unwrap()["access_token"],
             "cached"
         );
     }
@@ -530,9 +397,7 @@ async fn a_database_outage_keeps_cached_tokens_flowing() {
     let tenants = c.call("AdminService/ListTenants", json!({})).await.unwrap();
     assert_eq!(tenants["tenants"][0]["tenant"], "acme");
     assert_eq!(
-        c.call("TokenService/GetToken", get_token_req("acme", "p"))
-            .await
-            .unwrap()["access_token"],
+        c.get_token("acme", "p").await.unwrap()["access_token"],
         "cached"
     );
     assert_eq!(provider.received_requests().await.unwrap().len(), 1);

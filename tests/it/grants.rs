@@ -7,7 +7,7 @@ use std::sync::{
     atomic::{AtomicUsize, Ordering},
 };
 
-use serde_json::{Value, json};
+use serde_json::json;
 use tonic::Code;
 use wiremock::{
     Mock, MockServer, Request, ResponseTemplate,
@@ -15,37 +15,22 @@ use wiremock::{
 };
 
 use crate::support::{
-    Client, Opts, Server, authorize, form, get_token_req, grant_connection, grant_provider, reason,
-    requests_with_grant, retry_info, user,
+    Client, Opts, Server, authorize, form, grant_connection, grant_provider, no_invalidate_limit,
+    public_url, reason, report, requests_with_grant, retry_info, setup_connection, tok_provider,
+    token_url, user,
 };
 
+/// A server that knows its public URL, with tenant `acme` and connection `p` to `mock`.
 async fn setup(
     mock: &MockServer,
     revocation: Option<&str>,
-    env: Vec<(&'static str, String)>,
+    mut env: Vec<(&'static str, String)>,
 ) -> (Server, Client) {
-    let mut env = env;
-    env.push((
-        "TOKENVEND_PUBLIC_URL",
-        "https://tokenvend.example.com".into(),
-    ));
-    let server = Server::start(Opts {
-        env,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    env.push(public_url());
+    let server = Server::with_env(env).await;
     let c = server.client().await;
     grant_connection(&c, mock, revocation).await;
     (server, c)
-}
-
-async fn report(c: &Client, subject: &str, token: &str) -> Result<Value, tonic::Status> {
-    c.call(
-        "TokenService/InvalidateToken",
-        json!({"tenant": "acme", "provider": "p", "subject": subject, "access_token": token}),
-    )
-    .await
 }
 
 #[tokio::test]
@@ -54,19 +39,11 @@ async fn refused_refresh_needs_reauthorization_and_is_not_retried() {
         ResponseTemplate::new(400).set_body_json(json!({"error": "invalid_grant"}))
     })
     .await;
-    let (_s, c) = setup(
-        &mock,
-        None,
-        vec![("TOKENVEND_INVALIDATE_MIN_INTERVAL", "0s".into())],
-    )
-    .await;
+    let (_s, c) = setup(&mock, None, vec![no_invalidate_limit()]).await;
     authorize(&c, "alice").await;
     report(&c, "alice", "at-0").await.unwrap();
     for _ in 0..3 {
-        let err = c
-            .call("TokenService/GetToken", user("alice"))
-            .await
-            .unwrap_err();
+        let err = c.user_token("alice").await.unwrap_err();
         assert_eq!(
             (err.code(), reason(&err).as_deref()),
             (Code::FailedPrecondition, Some("REAUTHORIZATION_REQUIRED"))
@@ -83,22 +60,14 @@ async fn refused_refresh_needs_reauthorization_and_is_not_retried() {
         "never looped"
     );
     let g = c
-        .call(
-            "AdminService/GetGrant",
-            json!({"tenant": "acme", "provider": "p", "subject": "alice"}),
-        )
+        .call("AdminService/GetGrant", user("alice"))
         .await
         .unwrap();
     assert_eq!(g["status"], "reauthorization_required");
     // Authorizing again makes it usable.
     let again = authorize(&c, "alice").await;
     assert_eq!(again["status"], "active");
-    assert_eq!(
-        c.call("TokenService/GetToken", user("alice"))
-            .await
-            .unwrap()["access_token"],
-        "at-0"
-    );
+    assert_eq!(c.user_token("alice").await.unwrap()["access_token"], "at-0");
 }
 
 #[tokio::test]
@@ -108,20 +77,12 @@ async fn refresh_without_rotation_keeps_the_refresh_token() {
             .set_body_json(json!({"access_token": format!("at-{n}"), "expires_in": 3600}))
     })
     .await;
-    let (_s, c) = setup(
-        &mock,
-        None,
-        vec![("TOKENVEND_INVALIDATE_MIN_INTERVAL", "0s".into())],
-    )
-    .await;
+    let (_s, c) = setup(&mock, None, vec![no_invalidate_limit()]).await;
     authorize(&c, "alice").await;
     let mut current = "at-0".to_owned();
     for n in 1..=2 {
         report(&c, "alice", &current).await.unwrap();
-        current = c
-            .call("TokenService/GetToken", user("alice"))
-            .await
-            .unwrap()["access_token"]
+        current = c.user_token("alice").await.unwrap()["access_token"]
             .as_str()
             .unwrap()
             .to_owned();
@@ -135,28 +96,17 @@ async fn refresh_without_rotation_keeps_the_refresh_token() {
 #[tokio::test]
 async fn a_refresh_with_unknown_outcome_is_not_sent_again() {
     let mock = grant_provider(|_| ResponseTemplate::new(500)).await;
-    let (_s, c) = setup(
-        &mock,
-        None,
-        vec![("TOKENVEND_INVALIDATE_MIN_INTERVAL", "0s".into())],
-    )
-    .await;
+    let (_s, c) = setup(&mock, None, vec![no_invalidate_limit()]).await;
     authorize(&c, "alice").await;
     report(&c, "alice", "at-0").await.unwrap();
-    let err = c
-        .call("TokenService/GetToken", user("alice"))
-        .await
-        .unwrap_err();
+    let err = c.user_token("alice").await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
     assert!(retry_info(&err).is_some());
     // Client credentials would have been tried 3 times; a refresh token only once.
     assert_eq!(requests_with_grant(&mock, "refresh_token").await.len(), 1);
     // The grant is still active: a 500 says nothing about the refresh token.
     let g = c
-        .call(
-            "AdminService/GetGrant",
-            json!({"tenant": "acme", "provider": "p", "subject": "alice"}),
-        )
+        .call("AdminService/GetGrant", user("alice"))
         .await
         .unwrap();
     assert_eq!(g["status"], "active");
@@ -194,20 +144,14 @@ async fn revocation_failures_delete_nothing_unless_forced() {
 
     // RevokeGrant while the provider fails: an error, the grant stays.
     let err = c
-        .call(
-            "AdminService/RevokeGrant",
-            json!({"tenant": "acme", "provider": "p", "subject": "alice"}),
-        )
+        .call("AdminService/RevokeGrant", user("alice"))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
     assert!(err.message().contains("set force"), "{}", err.message());
-    c.call(
-        "AdminService/GetGrant",
-        json!({"tenant": "acme", "provider": "p", "subject": "alice"}),
-    )
-    .await
-    .unwrap();
+    c.call("AdminService/GetGrant", user("alice"))
+        .await
+        .unwrap();
     // Forced: deleted locally, and the answer says the provider did not confirm.
     let forced = c
         .call(
@@ -224,10 +168,7 @@ async fn revocation_failures_delete_nothing_unless_forced() {
             .contains("deleted locally only")
     );
     let err = c
-        .call(
-            "AdminService/GetGrant",
-            json!({"tenant": "acme", "provider": "p", "subject": "alice"}),
-        )
+        .call("AdminService/GetGrant", user("alice"))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
@@ -277,12 +218,9 @@ async fn delete_connection_keeps_everything_when_revocation_fails() {
     )
     .await
     .unwrap();
-    c.call(
-        "AdminService/GetGrant",
-        json!({"tenant": "acme", "provider": "p", "subject": "alice"}),
-    )
-    .await
-    .unwrap();
+    c.call("AdminService/GetGrant", user("alice"))
+        .await
+        .unwrap();
     let forced = c
         .call(
             "AdminService/DeleteConnection",
@@ -296,31 +234,12 @@ async fn delete_connection_keeps_everything_when_revocation_fails() {
 
 #[tokio::test]
 async fn invalidation_triggered_refreshes_are_limited_per_key() {
-    let mock = MockServer::start().await;
-    let n = AtomicUsize::new(0);
-    Mock::given(method("POST"))
-        .respond_with(move |_: &Request| {
-            let i = n.fetch_add(1, Ordering::SeqCst) + 1;
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"access_token": format!("tok-{i}"), "expires_in": 3600}))
-        })
-        .mount(&mock)
-        .await;
+    let (mock, _) = tok_provider().await;
     let server = Server::start(Opts::default()).await.unwrap();
     let c = server.client().await;
-    crate::support::setup_connection(
-        &c,
-        "acme",
-        "p",
-        &format!("{}/token", mock.uri()),
-        "s",
-        json!({}),
-    )
-    .await;
+    setup_connection(&c, "acme", "p", &token_url(&mock), "s", json!({})).await;
     assert_eq!(
-        c.call("TokenService/GetToken", get_token_req("acme", "p"))
-            .await
-            .unwrap()["access_token"],
+        c.get_token("acme", "p").await.unwrap()["access_token"],
         "tok-1"
     );
     let inv = |t: &'static str| {
@@ -331,9 +250,7 @@ async fn invalidation_triggered_refreshes_are_limited_per_key() {
     };
     assert_eq!(inv("tok-1").await.unwrap()["invalidated"], true);
     assert_eq!(
-        c.call("TokenService/GetToken", get_token_req("acme", "p"))
-            .await
-            .unwrap()["access_token"],
+        c.get_token("acme", "p").await.unwrap()["access_token"],
         "tok-2"
     );
     // The fresh token reported dead at once: refused with RetryInfo (default interval 10 s).
@@ -346,9 +263,7 @@ async fn invalidation_triggered_refreshes_are_limited_per_key() {
     // Reports about the old token are still harmless no-ops.
     assert_eq!(inv("tok-1").await.unwrap()["invalidated"], false);
     assert_eq!(
-        c.call("TokenService/GetToken", get_token_req("acme", "p"))
-            .await
-            .unwrap()["access_token"],
+        c.get_token("acme", "p").await.unwrap()["access_token"],
         "tok-2"
     );
     assert_eq!(mock.received_requests().await.unwrap().len(), 2);
@@ -364,10 +279,7 @@ async fn an_expired_authorization_cannot_be_completed() {
     )
     .await;
     let started = c
-        .call(
-            "AdminService/StartAuthorization",
-            json!({"tenant": "acme", "provider": "p", "subject": "late"}),
-        )
+        .call("AdminService/StartAuthorization", user("late"))
         .await
         .unwrap();
     let err = c
@@ -386,10 +298,7 @@ async fn an_expired_authorization_cannot_be_completed() {
         "no exchange attempted"
     );
     let err = c
-        .call(
-            "AdminService/GetGrant",
-            json!({"tenant": "acme", "provider": "p", "subject": "late"}),
-        )
+        .call("AdminService/GetGrant", user("late"))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);

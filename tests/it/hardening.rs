@@ -1,79 +1,40 @@
 //! Hostile provider answers, killed lease holders and revocations racing refreshes: each
 //! costs at most one clear error, never a poisoned key, a lost caller or an orphan token.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
-};
+use std::time::Duration;
 
 use serde_json::json;
 use tokenvend_testkit::postgres::PgCluster;
 use tonic::Code;
-use wiremock::{Mock, MockServer, Request, ResponseTemplate, matchers::method};
+use wiremock::ResponseTemplate;
 
 use crate::support::{
-    CallOpts, Opts, Server, authorize, get_token_req, grant_connection, grant_provider, reason,
-    refresh_tokens_presented, setup_connection, user,
+    CallOpts, Opts, Server, authorize, expires_at, get_token_req, grant_connection, grant_provider,
+    now, numbered_provider, reason, refresh_tokens_presented, refused_start, report, rotated,
+    setup_connection, token_answer, user, wait_for_refresh, wait_until,
 };
-
-fn rfc3339(v: &serde_json::Value) -> time::OffsetDateTime {
-    time::OffsetDateTime::parse(
-        v.as_str().expect("a timestamp"),
-        &time::format_description::well_known::Rfc3339,
-    )
-    .expect("RFC 3339")
-}
-
-fn now() -> time::OffsetDateTime {
-    tokenvend_core::clock::Clock::now(&tokenvend_core::clock::SystemClock)
-}
-
-/// A provider that answers the n-th token request (from 0) with `answer(n)`, and counts.
-async fn numbered(
-    answer: impl Fn(usize) -> ResponseTemplate + Send + Sync + 'static,
-) -> (MockServer, Arc<AtomicUsize>) {
-    let mock = MockServer::start().await;
-    let n = Arc::new(AtomicUsize::new(0));
-    let counter = n.clone();
-    Mock::given(method("POST"))
-        .respond_with(move |_: &Request| answer(counter.fetch_add(1, Ordering::SeqCst)))
-        .mount(&mock)
-        .await;
-    (mock, n)
-}
 
 /// Regression (issue 8.1 and 8.2), through the real binary: a lifetime of 1e20 used to panic
 /// inside the single-flight task and poison the key (every later call CANCELLED, the
 /// provider never asked again); a token with CR/LF used to be handed to callers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_answers_cost_one_clear_error_and_never_poison_the_key() {
-    let (provider, asked) = numbered(|n| match n {
-        0 => ResponseTemplate::new(200)
+    let (provider, asked) = numbered_provider(|n| match n {
+        1 => ResponseTemplate::new(200)
             .set_body_string(r#"{"access_token":"A\r\nX-Injected: 1","expires_in":60}"#)
             .insert_header("content-type", "application/json"),
-        1 => ResponseTemplate::new(200)
+        2 => ResponseTemplate::new(200)
             .set_body_string(r#"{"access_token":"huge","expires_in":1e20}"#)
             .insert_header("content-type", "application/json"),
         _ => ResponseTemplate::new(200)
             .set_body_json(json!({"access_token": format!("fine-{n}"), "expires_in": 3600})),
     })
     .await;
-    let server = Server::start(Opts {
-        // Remember nothing: each call below reaches the provider.
-        env: vec![("TOKENVEND_NEGATIVE_CACHE_TTL", "0s".into())],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    // Remember nothing: each call below reaches the provider.
+    let server = Server::with_env(vec![("TOKENVEND_NEGATIVE_CACHE_TTL", "0s".into())]).await;
     let c = server.client().await;
     setup_connection(&c, "acme", "inject", &provider.uri(), "s", json!({})).await;
-    let err = c
-        .call("TokenService/GetToken", get_token_req("acme", "inject"))
-        .await
-        .unwrap_err();
+    let err = c.get_token("acme", "inject").await.unwrap_err();
     assert_eq!(
         (err.code(), reason(&err).as_deref()),
         (Code::FailedPrecondition, Some("PROVIDER_BAD_RESPONSE")),
@@ -84,16 +45,16 @@ async fn hostile_answers_cost_one_clear_error_and_never_poison_the_key() {
 
     // 1e20 seconds is clamped to a year, not a panic.
     let t = c
-        .call("TokenService/GetToken", get_token_req("acme", "inject"))
+        .get_token("acme", "inject")
         .await
         .expect("a clamped lifetime is served");
     assert_eq!(t["access_token"], "huge");
-    let left = rfc3339(&t["expires_at"]) - now();
+    let left = expires_at(&t) - now();
     assert!(
         left <= time::Duration::days(366) && left > time::Duration::days(365),
         "{left}"
     );
-    assert_eq!(asked.load(Ordering::SeqCst), 2);
+    assert_eq!(asked.get(), 2);
     assert!(!server.output().contains("panicked"), "{}", server.output());
 }
 
@@ -101,7 +62,7 @@ async fn hostile_answers_cost_one_clear_error_and_never_poison_the_key() {
 /// request was sent, so a slow provider's token was believed to live longer than it does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_counts_from_when_the_request_was_sent() {
-    let (provider, _) = numbered(|_| {
+    let (provider, _) = numbered_provider(|_| {
         ResponseTemplate::new(200)
             .set_body_json(json!({"access_token": "slow", "expires_in": 100}))
             .set_delay(Duration::from_millis(1500))
@@ -111,12 +72,9 @@ async fn expiry_counts_from_when_the_request_was_sent() {
     let c = server.client().await;
     setup_connection(&c, "acme", "slow", &provider.uri(), "s", json!({})).await;
     let before = now();
-    let t = c
-        .call("TokenService/GetToken", get_token_req("acme", "slow"))
-        .await
-        .unwrap();
+    let t = c.get_token("acme", "slow").await.unwrap();
     let after = now();
-    let expires = rfc3339(&t["expires_at"]);
+    let expires = expires_at(&t);
     // Sent after `before`, answered 1.5 s later, before `after`: counted from the send,
     // the expiry is at least a second earlier than `after + expires_in`.
     assert!(
@@ -142,17 +100,8 @@ async fn start_up_refuses_timings_a_waiter_cannot_outlast() {
         ("TOKENVEND_LEASE_TTL", "60s", "TOKENVEND_MAX_WAIT"),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokenvend"))
-            .arg("serve")
-            .env_clear()
-            .env("TOKENVEND_DATA_DIR", dir.path())
-            .env("TOKENVEND_GRPC_ADDR", "127.0.0.1:0")
-            .env("TOKENVEND_HTTP_ADDR", "127.0.0.1:0")
-            .env(var, value)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{var}={value} was accepted");
+        let dir = dir.path().to_str().unwrap();
+        let stderr = refused_start(&[("TOKENVEND_DATA_DIR", dir), (var, value)]);
         assert!(stderr.contains(expect), "{var}={value}: {stderr}");
     }
 }
@@ -163,10 +112,9 @@ async fn start_up_refuses_timings_a_waiter_cannot_outlast() {
 /// whose deadline allows it is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_lease_holder_is_taken_over_and_waiters_are_served() {
-    let (provider, asked) = numbered(|n| {
-        let answer = ResponseTemplate::new(200)
-            .set_body_json(json!({"access_token": format!("cc-{n}"), "expires_in": 3600}));
-        if n == 0 {
+    let (provider, asked) = numbered_provider(|n| {
+        let answer = token_answer(&format!("cc-{n}"));
+        if n == 1 {
             answer.set_delay(Duration::from_secs(60))
         } else {
             answer
@@ -174,37 +122,23 @@ async fn a_killed_lease_holder_is_taken_over_and_waiters_are_served() {
     })
     .await;
     let url = PgCluster::shared().fresh_database();
-    let start = || {
-        Server::start(Opts {
-            database_url: Some(url.clone()),
-            ..Default::default()
-        })
-    };
-    let mut a = start().await.unwrap();
-    let b = start().await.unwrap();
-    let ca = a.client().await;
-    let cb = b.client().await;
+    let mut servers = Server::replicas(2, &url, vec![]).await;
+    let ca = servers[0].client().await;
+    let cb = servers[1].client().await;
     setup_connection(&ca, "acme", "p", &provider.uri(), "s", json!({})).await;
 
     // A takes the lease and asks the provider, which holds the answer.
     let held = {
         let ca = ca.clone();
-        tokio::spawn(async move {
-            ca.call("TokenService/GetToken", get_token_req("acme", "p"))
-                .await
-        })
+        tokio::spawn(async move { ca.get_token("acme", "p").await })
     };
-    for _ in 0..400 {
-        if asked.load(Ordering::SeqCst) == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert_eq!(
-        asked.load(Ordering::SeqCst),
-        1,
-        "A's request reached the provider"
-    );
+    wait_until(
+        Duration::from_secs(10),
+        "A's request reached the provider",
+        async || asked.get() >= 1,
+    )
+    .await;
+    assert_eq!(asked.get(), 1, "A's request reached the provider");
     // B's caller is already waiting on A's lease when A dies.
     let waiter = tokio::spawn(async move {
         let started = tokio::time::Instant::now();
@@ -220,88 +154,46 @@ async fn a_killed_lease_holder_is_taken_over_and_waiters_are_served() {
             .await;
         (r, started.elapsed())
     });
-    a.proc.signal(libc::SIGKILL);
-    a.proc.wait_exit(Duration::from_secs(10)).await.unwrap();
+    servers[0].kill().await;
     let _ = held.await;
     let (r, waited) = waiter.await.unwrap();
     let t = r.expect("the waiter is served after the takeover");
-    assert_eq!(t["access_token"], "cc-1");
-    assert_eq!(
-        asked.load(Ordering::SeqCst),
-        2,
-        "one request by A, one by B"
-    );
+    assert_eq!(t["access_token"], "cc-2");
+    assert_eq!(asked.get(), 2, "one request by A, one by B");
     // Generous bound (the lease TTL is 5 s): the old code made this caller wait out
     // TOKENVEND_MAX_WAIT (30 s) and fail.
     assert!(waited < Duration::from_secs(25), "waited {waited:?}");
-    drop(b);
 }
 
 /// Issue 8.4: `RevokeGrant` while a refresh of that grant is in flight on another replica.
 /// The refresh used to write an orphan token that was served until it expired.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_revoked_during_its_refresh_is_never_served_again() {
-    let mock = grant_provider(|n| {
-        ResponseTemplate::new(200)
-            .set_body_json(json!({"access_token": format!("at-{n}"), "expires_in": 3600, "refresh_token": format!("rt-{n}")}))
-            .set_delay(Duration::from_millis(1500))
-    })
-    .await;
-    let url = PgCluster::shared().fresh_database();
-    let start = || {
-        Server::start(Opts {
-            database_url: Some(url.clone()),
-            env: vec![
-                (
-                    "TOKENVEND_PUBLIC_URL",
-                    "https://tokenvend.example.com".into(),
-                ),
-                ("TOKENVEND_INVALIDATE_MIN_INTERVAL", "0s".into()),
-            ],
-            ..Default::default()
-        })
-    };
-    let a = start().await.unwrap();
-    let b = start().await.unwrap();
-    let ca = a.client().await;
-    let cb = b.client().await;
+    let mock = grant_provider(|n| rotated(n).set_delay(Duration::from_millis(1500))).await;
+    let servers = Server::grant_replicas(2).await;
+    let ca = servers[0].client().await;
+    let cb = servers[1].client().await;
     grant_connection(&ca, &mock, None).await;
     authorize(&ca, "alice").await;
     // at-0 is reported dead: the next GetToken refreshes.
-    ca.call(
-        "TokenService/InvalidateToken",
-        json!({"tenant": "acme", "provider": "p", "subject": "alice", "access_token": "at-0"}),
-    )
-    .await
-    .unwrap();
+    report(&ca, "alice", "at-0").await.unwrap();
     let refreshing = {
         let ca = ca.clone();
-        tokio::spawn(async move { ca.call("TokenService/GetToken", user("alice")).await })
+        tokio::spawn(async move { ca.user_token("alice").await })
     };
-    for _ in 0..400 {
-        if !refresh_tokens_presented(&mock).await.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_refresh(&mock).await;
     assert_eq!(refresh_tokens_presented(&mock).await, ["rt-0"]);
     // Revoked on the other replica while the provider holds the refresh answer.
-    cb.call(
-        "AdminService/RevokeGrant",
-        json!({"tenant": "acme", "provider": "p", "subject": "alice"}),
-    )
-    .await
-    .expect("RevokeGrant");
+    cb.call("AdminService/RevokeGrant", user("alice"))
+        .await
+        .expect("RevokeGrant");
     let r = refreshing.await.unwrap();
     assert!(
         r.as_ref().is_err_and(|e| e.code() == Code::NotFound),
         "the refresh that lost the race is not served: {r:?}"
     );
     for c in [&ca, &cb] {
-        let err = c
-            .call("TokenService/GetToken", user("alice"))
-            .await
-            .unwrap_err();
+        let err = c.user_token("alice").await.unwrap_err();
         assert_eq!(
             (err.code(), reason(&err).as_deref()),
             (Code::NotFound, Some("GRANT_NOT_FOUND")),

@@ -1,48 +1,18 @@
 //! Process lifecycle: restarts, the embedded database lock, graceful shutdown, connection
 //! changes, and PostgreSQL as the shared store.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
-};
+use std::time::Duration;
 
 use serde_json::json;
 use tokenvend_testkit::postgres::PgCluster;
-use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers::method};
 
-use crate::support::{Opts, Server, get_token_req, setup_connection};
-
-/// Answers `tok-1`, `tok-2`, … so tests can tell fetches apart.
-#[derive(Clone, Default)]
-struct Numbered(Arc<AtomicUsize>);
-
-impl Respond for Numbered {
-    fn respond(&self, _: &Request) -> ResponseTemplate {
-        let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
-        ResponseTemplate::new(200).set_body_json(
-            json!({"access_token": format!("tok-{n}"), "expires_in": 3600, "token_type": "Bearer"}),
-        )
-    }
-}
-
-async fn numbered_provider() -> (MockServer, Numbered) {
-    let provider = MockServer::start().await;
-    let n = Numbered::default();
-    Mock::given(method("POST"))
-        .respond_with(n.clone())
-        .mount(&provider)
-        .await;
-    (provider, n)
-}
+use crate::support::{Opts, Server, refused_start, setup_connection, tok_provider, token_url};
 
 const SECRET: &str = "at-rest-secret-Hq3v9";
 
 #[tokio::test]
 async fn restart_serves_the_stored_token_and_keeps_secrets_encrypted() {
-    let (provider, count) = numbered_provider().await;
+    let (provider, count) = tok_provider().await;
     let dir = tempfile::tempdir().unwrap();
     let opts = || Opts {
         data_dir: Some(dir.path().to_owned()),
@@ -51,38 +21,17 @@ async fn restart_serves_the_stored_token_and_keeps_secrets_encrypted() {
 
     let mut first = Server::start(opts()).await.unwrap();
     let c = first.client().await;
-    setup_connection(
-        &c,
-        "acme",
-        "p",
-        &format!("{}/token", provider.uri()),
-        SECRET,
-        json!({}),
-    )
-    .await;
-    let t1 = c
-        .call("TokenService/GetToken", get_token_req("acme", "p"))
-        .await
-        .unwrap();
+    setup_connection(&c, "acme", "p", &token_url(&provider), SECRET, json!({})).await;
+    let t1 = c.get_token("acme", "p").await.unwrap();
     assert_eq!(t1["access_token"], "tok-1");
     // answered from memory the second time
-    let again = c
-        .call("TokenService/GetToken", get_token_req("acme", "p"))
-        .await
-        .unwrap();
+    let again = c.get_token("acme", "p").await.unwrap();
     assert_eq!(again, t1);
-    assert_eq!(count.0.load(Ordering::SeqCst), 1);
+    assert_eq!(count.get(), 1);
 
     // A second process on the same embedded database is refused, clearly.
-    let err = Server::start(opts())
-        .await
-        .err()
-        .expect("second process must not start");
-    assert!(
-        err.to_string()
-            .contains("in use by another tokenvend process"),
-        "{err:#}"
-    );
+    let err = Server::refused(opts()).await;
+    assert!(err.contains("in use by another tokenvend process"), "{err}");
 
     // Graceful shutdown on SIGTERM.
     first.proc.signal(libc::SIGTERM);
@@ -103,43 +52,33 @@ async fn restart_serves_the_stored_token_and_keeps_secrets_encrypted() {
 
     // After a restart the stored token is served without asking the provider again.
     let second = Server::start(opts()).await.unwrap();
-    let t2 = second
-        .client()
-        .await
-        .call("TokenService/GetToken", get_token_req("acme", "p"))
-        .await
-        .unwrap();
+    let t2 = second.client().await.get_token("acme", "p").await.unwrap();
     assert_eq!(t2["access_token"], "tok-1");
     assert_eq!(t2["expires_at"], t1["expires_at"]);
-    assert_eq!(count.0.load(Ordering::SeqCst), 1);
+    assert_eq!(count.get(), 1);
 }
 
 #[tokio::test]
 async fn connection_changes_are_never_answered_with_an_old_token() {
-    let (provider, count) = numbered_provider().await;
+    let (provider, count) = tok_provider().await;
     let server = Server::start(Opts::default()).await.unwrap();
     let c = server.client().await;
-    let url = format!("{}/token", provider.uri());
+    let url = token_url(&provider);
     setup_connection(&c, "acme", "p", &url, SECRET, json!({"scopes": ["a"]})).await;
     assert_eq!(
-        c.call("TokenService/GetToken", get_token_req("acme", "p"))
-            .await
-            .unwrap()["access_token"],
+        c.get_token("acme", "p").await.unwrap()["access_token"],
         "tok-1"
     );
 
     // New settings: the next GetToken fetches under them.
-    let v2 = c.call("AdminService/PutConnection", json!({"tenant": "acme", "provider": "p", "token_url": url, "client_id": "client-1", "scopes": ["a", "b"]})).await.unwrap();
+    let v2 = c.put_connection(json!({"tenant": "acme", "provider": "p", "token_url": url, "client_id": "client-1", "scopes": ["a", "b"]})).await.unwrap();
     assert_eq!(v2["version"], "2");
-    let t = c
-        .call("TokenService/GetToken", get_token_req("acme", "p"))
-        .await
-        .unwrap();
+    let t = c.get_token("acme", "p").await.unwrap();
     assert_eq!(t["access_token"], "tok-2");
     let form =
         String::from_utf8(provider.received_requests().await.unwrap()[1].body.clone()).unwrap();
     assert!(form.contains("scope=a+b"), "{form}");
-    assert_eq!(count.0.load(Ordering::SeqCst), 2);
+    assert_eq!(count.get(), 2);
 
     // InvalidateToken: an old token is a no-op, the current one is dropped once.
     let stale = c
@@ -151,9 +90,7 @@ async fn connection_changes_are_never_answered_with_an_old_token() {
         .unwrap();
     assert_eq!(stale["invalidated"], false);
     assert_eq!(
-        c.call("TokenService/GetToken", get_token_req("acme", "p"))
-            .await
-            .unwrap()["access_token"],
+        c.get_token("acme", "p").await.unwrap()["access_token"],
         "tok-2"
     );
     for expected in [true, false] {
@@ -167,9 +104,7 @@ async fn connection_changes_are_never_answered_with_an_old_token() {
         assert_eq!(r["invalidated"], expected);
     }
     assert_eq!(
-        c.call("TokenService/GetToken", get_token_req("acme", "p"))
-            .await
-            .unwrap()["access_token"],
+        c.get_token("acme", "p").await.unwrap()["access_token"],
         "tok-3"
     );
 
@@ -180,10 +115,7 @@ async fn connection_changes_are_never_answered_with_an_old_token() {
     )
     .await
     .unwrap();
-    let err = c
-        .call("TokenService/GetToken", get_token_req("acme", "p"))
-        .await
-        .unwrap_err();
+    let err = c.get_token("acme", "p").await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
     c.call("AdminService/DeleteTenant", json!({"tenant": "acme"}))
         .await
@@ -197,49 +129,23 @@ async fn connection_changes_are_never_answered_with_an_old_token() {
 
 #[tokio::test]
 async fn postgres_backend_shares_tokens_between_processes() {
-    let (provider, count) = numbered_provider().await;
+    let (provider, count) = tok_provider().await;
     let url = PgCluster::shared().fresh_database();
-    let a = Server::start(Opts {
-        database_url: Some(url.clone()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let b = Server::start(Opts {
-        database_url: Some(url),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let servers = Server::replicas(2, &url, vec![]).await;
+    let (a, b) = (&servers[0], &servers[1]);
     assert!(
         a.output().contains("database=\"postgres\""),
         "{}",
         a.output()
     );
     let ca = a.client().await;
-    setup_connection(
-        &ca,
-        "acme",
-        "p",
-        &format!("{}/token", provider.uri()),
-        SECRET,
-        json!({}),
-    )
-    .await;
-    let ta = ca
-        .call("TokenService/GetToken", get_token_req("acme", "p"))
-        .await
-        .unwrap();
+    setup_connection(&ca, "acme", "p", &token_url(&provider), SECRET, json!({})).await;
+    let ta = ca.get_token("acme", "p").await.unwrap();
     assert_eq!(ta["access_token"], "tok-1");
     // The other process finds the stored token instead of asking the provider.
-    let tb = b
-        .client()
-        .await
-        .call("TokenService/GetToken", get_token_req("acme", "p"))
-        .await
-        .unwrap();
+    let tb = b.client().await.get_token("acme", "p").await.unwrap();
     assert_eq!(tb["access_token"], "tok-1");
-    assert_eq!(count.0.load(Ordering::SeqCst), 1);
+    assert_eq!(count.get(), 1);
 
     // Tenants and pagination over the shared database.
     let cb = b.client().await;
@@ -291,38 +197,18 @@ async fn migrate_command_and_json_logs() {
     assert!(dir.path().join("m.db").exists());
     // PostgreSQL without a master key is refused: secrets must not get a development key.
     let pg = PgCluster::shared().fresh_database();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokenvend"))
-        .arg("serve")
-        .env_clear()
-        .env("TOKENVEND_DATABASE_URL", &pg)
-        .env("TOKENVEND_GRPC_ADDR", "127.0.0.1:0")
-        .env("TOKENVEND_HTTP_ADDR", "127.0.0.1:0")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("TOKENVEND_MASTER_KEYS is required"));
+    let stderr = refused_start(&[("TOKENVEND_DATABASE_URL", &pg)]);
+    assert!(
+        stderr.contains("TOKENVEND_MASTER_KEYS is required"),
+        "{stderr}"
+    );
 
     // JSON logs: one object per line, with the span's fields.
-    let (provider, _) = numbered_provider().await;
-    let server = Server::start(Opts {
-        env: vec![("TOKENVEND_LOG_FORMAT", "json".into())],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let (provider, _) = tok_provider().await;
+    let server = Server::with_env(vec![("TOKENVEND_LOG_FORMAT", "json".into())]).await;
     let c = server.client().await;
-    setup_connection(
-        &c,
-        "acme",
-        "p",
-        &format!("{}/token", provider.uri()),
-        SECRET,
-        json!({}),
-    )
-    .await;
-    c.call("TokenService/GetToken", get_token_req("acme", "p"))
-        .await
-        .unwrap();
+    setup_connection(&c, "acme", "p", &token_url(&provider), SECRET, json!({})).await;
+    c.get_token("acme", "p").await.unwrap();
     let out = server.output();
     let lines: Vec<serde_json::Value> = out
         .lines()
@@ -346,16 +232,12 @@ async fn settings_from_a_config_file_with_the_environment_winning() {
         "# settings for this instance\nTOKENVEND_BOOTSTRAP_ADMIN_KEY=key-from-the-config-file\nTOKENVEND_LOG_FORMAT=json\n",
     )
     .unwrap();
-    let server = Server::start(Opts {
-        env: vec![
-            ("TOKENVEND_CONFIG", file.display().to_string()),
-            // The harness sets the bootstrap key in the environment: it wins over the file.
-            ("TOKENVEND_LOG", "info".into()),
-        ],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let server = Server::with_env(vec![
+        ("TOKENVEND_CONFIG", file.display().to_string()),
+        // The harness sets the bootstrap key in the environment: it wins over the file.
+        ("TOKENVEND_LOG", "info".into()),
+    ])
+    .await;
     // The file's log format applied (the harness does not set one)...
     assert!(
         server.output().lines().all(|l| l.starts_with('{')),

@@ -12,7 +12,7 @@ use wiremock::{
     matchers::{header, method, path},
 };
 
-use crate::support::{Client, Opts, Server, get_token_req, reason};
+use crate::support::{Client, Server, no_invalidate_limit, public_url, reason};
 
 fn form(r: &Request) -> BTreeMap<String, String> {
     url::form_urlencoded::parse(&r.body).into_owned().collect()
@@ -48,29 +48,11 @@ fn assert_common(r: &Request, basic: Option<(&str, &str)>) {
 }
 
 async fn server() -> (Server, Client) {
-    let server = Server::start(Opts {
-        env: vec![
-            (
-                "TOKENVEND_PUBLIC_URL",
-                "https://tokenvend.example.com".into(),
-            ),
-            ("TOKENVEND_INVALIDATE_MIN_INTERVAL", "0s".into()),
-        ],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let c = server.client().await;
-    c.call("AdminService/CreateTenant", json!({"tenant": "acme"}))
-        .await
-        .unwrap();
-    (server, c)
+    Server::with_acme(vec![public_url(), no_invalidate_limit()]).await
 }
 
 async fn put(c: &Client, req: Value) -> Value {
-    c.call("AdminService/PutConnection", req)
-        .await
-        .expect("PutConnection")
+    c.put_connection(req).await.expect("PutConnection")
 }
 
 #[tokio::test]
@@ -175,7 +157,7 @@ async fn catalog_lists_templates_and_resolves_documented_urls() {
         r.as_object_mut()
             .unwrap()
             .extend(req.as_object().unwrap().clone());
-        let err = c.call("AdminService/PutConnection", r).await.unwrap_err();
+        let err = c.put_connection(r).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
         assert!(err.message().contains(msg), "{msg}: {}", err.message());
     }
@@ -208,10 +190,7 @@ async fn edrv_form_body_audience_expiry_report_and_static_api_key() {
                    "audience": "https://api.edrv.io"}),
     )
     .await;
-    let t = c
-        .call("TokenService/GetToken", get_token_req("acme", "edrv"))
-        .await
-        .unwrap();
+    let t = c.get_token("acme", "edrv").await.unwrap();
     assert_eq!(t["access_token"], "YOUR_ACCESS_TOKEN");
     assert_eq!(t["scopes"], json!(["read:x", "write:y"]));
     let reqs = mock.received_requests().await.unwrap();
@@ -238,17 +217,13 @@ async fn edrv_form_body_audience_expiry_report_and_static_api_key() {
             .unwrap();
         assert_eq!(inv["invalidated"], expected);
     }
-    c.call("TokenService/GetToken", get_token_req("acme", "edrv"))
-        .await
-        .unwrap();
+    c.get_token("acme", "edrv").await.unwrap();
     assert_eq!(mock.received_requests().await.unwrap().len(), 2);
 
     // The documented request always has the audience field, even empty.
     put(&c, json!({"tenant": "acme", "provider": "edrv2", "template": "edrv",
                    "token_url": format!("{}/oauth/token", mock.uri()), "client_id": "id", "client_secret": "s"})).await;
-    c.call("TokenService/GetToken", get_token_req("acme", "edrv2"))
-        .await
-        .unwrap();
+    c.get_token("acme", "edrv2").await.unwrap();
     let f = form(&mock.received_requests().await.unwrap()[2]);
     assert_eq!(f.get("audience").map(String::as_str), Some(""));
 
@@ -256,10 +231,7 @@ async fn edrv_form_body_audience_expiry_report_and_static_api_key() {
     let v = put(&c, json!({"tenant": "acme", "provider": "edrv-key", "template": "edrv", "api_key": "edrv-static-key-123"})).await;
     assert_eq!(v["credential_kind"], "api_key");
     assert!(!v.to_string().contains("edrv-static-key-123"));
-    let t = c
-        .call("TokenService/GetToken", get_token_req("acme", "edrv-key"))
-        .await
-        .unwrap();
+    let t = c.get_token("acme", "edrv-key").await.unwrap();
     assert_eq!(t["access_token"], "edrv-static-key-123");
     assert_eq!(t["expires_at"], Value::Null);
     assert_eq!(mock.received_requests().await.unwrap().len(), 3);
@@ -285,10 +257,7 @@ async fn depotfinity_basic_auth_and_403() {
                       "template_params": {"region": "eu"}, "token_url": format!("{}/oauth2/token", mock.uri()),
                       "client_id": "depot-id", "client_secret": "depot-secret"});
     put(&c, base.clone()).await;
-    let t = c
-        .call("TokenService/GetToken", get_token_req("acme", "depot"))
-        .await
-        .unwrap();
+    let t = c.get_token("acme", "depot").await.unwrap();
     assert_eq!(
         t["access_token"],
         "eyJ0eXAiOiUSJ9.eyJpc3MiOiJdGlhbHMifQ.MJpcxLfyOt"
@@ -302,10 +271,7 @@ async fn depotfinity_basic_auth_and_403() {
     let mut bad = base;
     bad["client_secret"] = json!("wrong");
     put(&c, bad).await;
-    let err = c
-        .call("TokenService/GetToken", get_token_req("acme", "depot"))
-        .await
-        .unwrap_err();
+    let err = c.get_token("acme", "depot").await.unwrap_err();
     assert_eq!(
         (err.code(), reason(&err).as_deref()),
         (Code::FailedPrecondition, Some("PROVIDER_REJECTED"))
@@ -361,10 +327,7 @@ async fn evenergy_client_credentials_code_refresh_and_revocation() {
     .await;
 
     // Client credentials: Basic, and the trailing-comma response parses.
-    let t = c
-        .call("TokenService/GetToken", get_token_req("acme", "ev"))
-        .await
-        .unwrap();
+    let t = c.get_token("acme", "ev").await.unwrap();
     assert_eq!(t["access_token"], "sUfQGMmfIrfrrUhcdMBrz1rrQzD2l8");
     assert_eq!(
         t["scopes"],
@@ -503,10 +466,7 @@ async fn enode_lowercase_bearer_empty_scope_and_single_secret_rotation() {
                            "client_id": "enode-id", "client_secret": "enode-secret-1"}),
     )
     .await;
-    let t = c
-        .call("TokenService/GetToken", get_token_req("acme", "enode"))
-        .await
-        .unwrap();
+    let t = c.get_token("acme", "enode").await.unwrap();
     assert_eq!(t["token_type"], "Bearer");
     assert_eq!(t["scopes"], json!([]));
     let reqs = mock.received_requests().await.unwrap();
@@ -550,9 +510,7 @@ async fn enode_lowercase_bearer_empty_scope_and_single_secret_rotation() {
     assert_eq!(rotated["version"], "2");
     assert!(!rotated.to_string().contains("enode-secret-2"));
     // Cached tokens from before the rotation are dropped; the next fetch uses the new secret.
-    c.call("TokenService/GetToken", get_token_req("acme", "enode"))
-        .await
-        .unwrap();
+    c.get_token("acme", "enode").await.unwrap();
     let last = mock.received_requests().await.unwrap().pop().unwrap();
     assert_common(&last, Some(("enode-id", "enode-secret-2")));
 }

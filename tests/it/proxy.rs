@@ -4,27 +4,19 @@
 
 use serde_json::json;
 use tokenvend_testkit::proxy::{CountingProxy, PROXY_TOKEN};
-use wiremock::{
-    Mock, MockServer, ResponseTemplate,
-    matchers::{method, path},
-};
 
-use crate::support::{Opts, Server, get_token_req, setup_connection};
+use crate::support::{Opts, Server, answer, setup_connection, token_provider, token_url};
 
 /// HTTP_PROXY and friends point at a counting proxy that would answer with a token of its
 /// own: the token must come from the provider, and the proxy must see no connection.
 #[tokio::test]
 async fn environment_proxy_variables_are_ignored() {
     let proxy = CountingProxy::start().await.unwrap();
-    let provider = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/token"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(
-            json!({"access_token": "from-the-provider", "token_type": "Bearer", "expires_in": 3600}),
-        ))
-        .expect(1)
-        .mount(&provider)
-        .await;
+    let provider = token_provider(
+        answer(json!({"access_token": "from-the-provider", "token_type": "Bearer", "expires_in": 3600})),
+        1,
+    )
+    .await;
     let env = [
         "HTTP_PROXY",
         "http_proxy",
@@ -34,27 +26,11 @@ async fn environment_proxy_variables_are_ignored() {
         "all_proxy",
     ]
     .map(|k| (k, proxy.url("127.0.0.1")));
-    let server = Server::start(Opts {
-        env: env.to_vec(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let server = Server::with_env(env.to_vec()).await;
     let c = server.client().await;
-    setup_connection(
-        &c,
-        "acme",
-        "p",
-        &format!("{}/token", provider.uri()),
-        "s3cret",
-        json!({}),
-    )
-    .await;
+    setup_connection(&c, "acme", "p", &token_url(&provider), "s3cret", json!({})).await;
 
-    let token = c
-        .call("TokenService/GetToken", get_token_req("acme", "p"))
-        .await
-        .unwrap();
+    let token = c.get_token("acme", "p").await.unwrap();
     assert_eq!(token["access_token"], "from-the-provider");
     assert_eq!(proxy.accepted(), 0, "the environment's proxy was used");
 }
@@ -64,12 +40,7 @@ async fn environment_proxy_variables_are_ignored() {
 #[tokio::test]
 async fn configured_provider_proxy_carries_provider_calls() {
     let proxy = CountingProxy::start().await.unwrap();
-    let server = Server::start(Opts {
-        env: vec![("TOKENVEND_PROVIDER_PROXY", proxy.url("localhost"))],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let server = Server::with_env(vec![("TOKENVEND_PROVIDER_PROXY", proxy.url("localhost"))]).await;
     assert!(
         server
             .output()
@@ -86,10 +57,7 @@ async fn configured_provider_proxy_carries_provider_calls() {
     )
     .await;
 
-    let token = c
-        .call("TokenService/GetToken", get_token_req("acme", "p"))
-        .await
-        .unwrap();
+    let token = c.get_token("acme", "p").await.unwrap();
     assert_eq!(token["access_token"], PROXY_TOKEN);
     assert_eq!(proxy.accepted(), 1);
 }
@@ -102,14 +70,11 @@ async fn unusable_provider_proxy_stops_the_start() {
         "socks5://user:planted-proxy-pw@10.0.0.1:1080",
         "planted-proxy-pw:3128",
     ] {
-        let err = Server::start(Opts {
+        let out = Server::refused(Opts {
             env: vec![("TOKENVEND_PROVIDER_PROXY", bad.into())],
             ..Default::default()
         })
-        .await
-        .err()
-        .expect("the start must fail");
-        let out = format!("{err:#}");
+        .await;
         assert!(
             out.contains(
                 "TOKENVEND_PROVIDER_PROXY (--provider-proxy) must be an http:// or https:// URL"

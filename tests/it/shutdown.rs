@@ -4,15 +4,18 @@
 
 use std::time::Duration;
 
-use serde_json::json;
-use tonic::{Code, Streaming, transport::Channel};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tonic::{Code, Status, Streaming, transport::Channel};
 use tonic_health::pb::{
     HealthCheckRequest, HealthCheckResponse, health_check_response::ServingStatus,
     health_client::HealthClient,
 };
-use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};
+use wiremock::MockServer;
 
-use crate::support::{Client, Opts, Server, get_token_req, setup_connection};
+use crate::support::{
+    Client, Server, health, setup_connection, token_answer, token_provider, token_url, wait_until,
+};
 
 /// TOKENVEND_SHUTDOWN_DELAY in the first test: the window in which phase 1 is observed.
 const DELAY: Duration = Duration::from_secs(3);
@@ -21,36 +24,28 @@ const DELAY: Duration = Duration::from_secs(3);
 const PROVIDER_DELAY: Duration = Duration::from_secs(6);
 
 async fn slow_provider(delay: Duration) -> MockServer {
-    let provider = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"access_token": "slow-token", "expires_in": 3600}))
-                .set_delay(delay),
-        )
-        .mount(&provider)
-        .await;
-    provider
+    token_provider(token_answer("slow-token").set_delay(delay), ..).await
 }
 
-/// Waits (bounded) until the provider has received `n` requests.
-async fn await_requests(provider: &MockServer, n: usize) {
-    for _ in 0..200 {
-        if provider.received_requests().await.unwrap().len() >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the provider never received {n} requests");
-}
-
-async fn health(c: &Client, service: &str) -> String {
-    c.call("grpc.health.v1.Health/Check", json!({"service": service}))
-        .await
-        .unwrap()["status"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+/// A client of `server` with connection `p` to `provider`, and a GetToken on it that has
+/// reached the (slow) provider.
+async fn call_in_flight(
+    server: &Server,
+    provider: &MockServer,
+) -> (Client, JoinHandle<Result<Value, Status>>) {
+    let c = server.client().await;
+    setup_connection(&c, "acme", "p", &token_url(provider), "s", json!({})).await;
+    let in_flight = tokio::spawn({
+        let c = c.clone();
+        async move { c.get_token("acme", "p").await }
+    });
+    wait_until(
+        Duration::from_secs(5),
+        "the provider received the call in flight",
+        async || !provider.received_requests().await.unwrap().is_empty(),
+    )
+    .await;
+    (c, in_flight)
 }
 
 fn grpc_port(server: &Server) -> std::net::SocketAddr {
@@ -64,33 +59,12 @@ fn grpc_port(server: &Server) -> std::net::SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_new_calls_then_drains_the_calls_in_flight() {
     let provider = slow_provider(PROVIDER_DELAY).await;
-    let mut server = Server::start(Opts {
-        env: vec![
-            ("TOKENVEND_SHUTDOWN_DELAY", format!("{}s", DELAY.as_secs())),
-            ("TOKENVEND_SHUTDOWN_TIMEOUT", "20s".into()),
-        ],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let c = server.client().await;
-    setup_connection(
-        &c,
-        "acme",
-        "p",
-        &format!("{}/token", provider.uri()),
-        "s",
-        json!({}),
-    )
+    let mut server = Server::with_env(vec![
+        ("TOKENVEND_SHUTDOWN_DELAY", format!("{}s", DELAY.as_secs())),
+        ("TOKENVEND_SHUTDOWN_TIMEOUT", "20s".into()),
+    ])
     .await;
-    let in_flight = tokio::spawn({
-        let c = c.clone();
-        async move {
-            c.call("TokenService/GetToken", get_token_req("acme", "p"))
-                .await
-        }
-    });
-    await_requests(&provider, 1).await;
+    let (c, in_flight) = call_in_flight(&server, &provider).await;
     // A health watcher, as gRPC clients with health checking keep open.
     let channel = Channel::from_shared(server.grpc.clone())
         .unwrap()
@@ -129,10 +103,7 @@ async fn sigterm_stops_new_calls_then_drains_the_calls_in_flight() {
         .unwrap();
     assert_eq!(ready.status(), 503);
     // A new call is refused with a status that tells the caller to go elsewhere...
-    let refused = c
-        .call("TokenService/GetToken", get_token_req("acme", "p"))
-        .await
-        .unwrap_err();
+    let refused = c.get_token("acme", "p").await.unwrap_err();
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     assert_eq!(
         refused.message(),
@@ -162,18 +133,16 @@ async fn sigterm_stops_new_calls_then_drains_the_calls_in_flight() {
         .wait_for_output("draining", Duration::from_secs(10))
         .await
         .unwrap();
-    let mut closed = false;
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(grpc_port(&server))
-            .await
-            .is_err()
-        {
-            closed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(closed, "the gRPC listener is closed once draining");
+    wait_until(
+        Duration::from_secs(2),
+        "the gRPC listener is closed once draining",
+        async || {
+            tokio::net::TcpStream::connect(grpc_port(&server))
+                .await
+                .is_err()
+        },
+    )
+    .await;
     // The watch ends (cleanly) rather than holding the drain open until its deadline.
     assert_eq!(next(&mut watch).await, None);
     let token = in_flight
@@ -210,36 +179,15 @@ async fn sigterm_stops_new_calls_then_drains_the_calls_in_flight() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_past_the_drain_deadline_are_cut_and_the_process_exits() {
     let provider = slow_provider(Duration::from_secs(60)).await;
-    let mut server = Server::start(Opts {
-        env: vec![
-            ("TOKENVEND_SHUTDOWN_DELAY", "0s".into()),
-            ("TOKENVEND_SHUTDOWN_TIMEOUT", "1s".into()),
-            // The provider must not time the call out before the drain deadline cuts it.
-            ("TOKENVEND_PROVIDER_TIMEOUT", "20s".into()),
-            ("TOKENVEND_MAX_WAIT", "60s".into()),
-        ],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let c = server.client().await;
-    setup_connection(
-        &c,
-        "acme",
-        "p",
-        &format!("{}/token", provider.uri()),
-        "s",
-        json!({}),
-    )
+    let mut server = Server::with_env(vec![
+        ("TOKENVEND_SHUTDOWN_DELAY", "0s".into()),
+        ("TOKENVEND_SHUTDOWN_TIMEOUT", "1s".into()),
+        // The provider must not time the call out before the drain deadline cuts it.
+        ("TOKENVEND_PROVIDER_TIMEOUT", "20s".into()),
+        ("TOKENVEND_MAX_WAIT", "60s".into()),
+    ])
     .await;
-    let in_flight = tokio::spawn({
-        let c = c.clone();
-        async move {
-            c.call("TokenService/GetToken", get_token_req("acme", "p"))
-                .await
-        }
-    });
-    await_requests(&provider, 1).await;
+    let (_c, in_flight) = call_in_flight(&server, &provider).await;
 
     server.proc.signal(libc::SIGTERM);
     let status = server

@@ -4,38 +4,22 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use serde_json::json;
-use wiremock::{
-    Mock, MockServer, ResponseTemplate,
-    matchers::{method, path},
-};
 
-use crate::support::{Client, Opts, Server, get_token_req, setup_connection};
+use crate::support::{
+    Client, Opts, Server, answer, setup_connection, token_answer, token_provider, token_url,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn thousand_cold_callers_cause_one_provider_request() {
-    let provider = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/token"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"access_token": "tok-stampede", "expires_in": 3600, "token_type": "bearer"}))
-                // Held back long enough that the callers pile up on the cold key.
-                .set_delay(Duration::from_millis(500)),
-        )
-        .expect(1)
-        .mount(&provider)
-        .await;
+    let held_back =
+        answer(json!({"access_token": "tok-stampede", "expires_in": 3600, "token_type": "bearer"}))
+            // Held back long enough that the callers pile up on the cold key.
+            .set_delay(Duration::from_millis(500));
+    let provider = token_provider(held_back, 1).await;
     let server = Server::start(Opts::default()).await.unwrap();
     let admin = server.client().await;
-    setup_connection(
-        &admin,
-        "acme",
-        "stampede",
-        &format!("{}/token", provider.uri()),
-        "s3cret",
-        json!({}),
-    )
-    .await;
+    let url = token_url(&provider);
+    setup_connection(&admin, "acme", "stampede", &url, "s3cret", json!({})).await;
 
     // Several HTTP/2 connections, as several calling services would have.
     let mut clients = Vec::new();
@@ -44,10 +28,7 @@ async fn thousand_cold_callers_cause_one_provider_request() {
     }
     let calls = (0..1000).map(|i| {
         let c: Client = clients[i % clients.len()].clone();
-        async move {
-            c.call("TokenService/GetToken", get_token_req("acme", "stampede"))
-                .await
-        }
+        async move { c.get_token("acme", "stampede").await }
     });
     let results = join_all(calls).await;
     for r in &results {
@@ -78,15 +59,7 @@ async fn a_held_provider_does_not_block_other_keys() {
             let _ = accepted_tx.send(());
         }
     });
-    let provider_b = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"access_token": "tok-b", "expires_in": 3600})),
-        )
-        .expect(1)
-        .mount(&provider_b)
-        .await;
+    let provider_b = token_provider(token_answer("tok-b"), 1).await;
 
     let server = Server::start(Opts::default()).await.unwrap();
     let c = server.client().await;
@@ -99,34 +72,20 @@ async fn a_held_provider_does_not_block_other_keys() {
         json!({}),
     )
     .await;
-    setup_connection(
-        &c,
-        "acme",
-        "free",
-        &format!("{}/token", provider_b.uri()),
-        "s",
-        json!({}),
-    )
-    .await;
+    setup_connection(&c, "acme", "free", &token_url(&provider_b), "s", json!({})).await;
 
     let a = {
         let c = c.clone();
-        tokio::spawn(async move {
-            c.call("TokenService/GetToken", get_token_req("acme", "held"))
-                .await
-        })
+        tokio::spawn(async move { c.get_token("acme", "held").await })
     };
     // A's fetch is under way once its provider has a connection.
     tokio::time::timeout(Duration::from_secs(10), accepted_rx.recv())
         .await
         .expect("A reached its provider");
-    let b = tokio::time::timeout(
-        Duration::from_secs(10),
-        c.call("TokenService/GetToken", get_token_req("acme", "free")),
-    )
-    .await
-    .expect("B must not wait for A")
-    .expect("B succeeds");
+    let b = tokio::time::timeout(Duration::from_secs(10), c.get_token("acme", "free"))
+        .await
+        .expect("B must not wait for A")
+        .expect("B succeeds");
     assert_eq!(b["access_token"], "tok-b");
     assert!(!a.is_finished(), "A is still held by its provider");
     a.abort();

@@ -1,12 +1,22 @@
 //! The harness: start `tokenvend`, talk to it through reflection, plant and find secrets.
 
-use std::{collections::HashSet, path::PathBuf, process::Command, time::Duration};
+use std::{
+    collections::HashSet,
+    path::PathBuf,
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::{Buf, BufMut, Bytes};
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor, SerializeOptions};
 use serde_json::Value;
+use time::OffsetDateTime;
 use tokenvend_testkit::process::Proc;
 use tonic::{
     Status,
@@ -18,6 +28,10 @@ use tonic::{
 use tonic_reflection::pb::v1::{
     ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
     server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+};
+use wiremock::{
+    Mock, MockServer, Request, ResponseTemplate, Times,
+    matchers::{body_string_contains, method, path},
 };
 
 pub const ADMIN_KEY: &str = "e2e-admin-key-4c1f8e2b9d";
@@ -93,6 +107,69 @@ impl Server {
             proc,
             _tmp: tmp,
         })
+    }
+
+    /// Starts with `env` on top of the harness's settings, for tests that need it running.
+    pub async fn with_env(env: Vec<(&'static str, String)>) -> Server {
+        Server::start(Opts {
+            env,
+            ..Default::default()
+        })
+        .await
+        .expect("tokenvend starts")
+    }
+
+    /// A server started with `env`, its admin client, and tenant `acme` created.
+    pub async fn with_acme(env: Vec<(&'static str, String)>) -> (Server, Client) {
+        let server = Server::with_env(env).await;
+        let c = server.client().await;
+        c.call(
+            "AdminService/CreateTenant",
+            serde_json::json!({"tenant": "acme"}),
+        )
+        .await
+        .expect("CreateTenant");
+        (server, c)
+    }
+
+    /// `n` replicas sharing the PostgreSQL database at `url`, each started with `env`.
+    pub async fn replicas(n: usize, url: &str, env: Vec<(&'static str, String)>) -> Vec<Server> {
+        let mut servers = Vec::new();
+        for _ in 0..n {
+            let opts = Opts {
+                database_url: Some(url.to_owned()),
+                env: env.clone(),
+                ..Default::default()
+            };
+            servers.push(Server::start(opts).await.expect("replica starts"));
+        }
+        servers
+    }
+
+    /// `n` replicas on a fresh PostgreSQL database, set up for end-user grants: a public URL,
+    /// and no limit on reporting tokens dead.
+    pub async fn grant_replicas(n: usize) -> Vec<Server> {
+        let url = tokenvend_testkit::postgres::PgCluster::shared().fresh_database();
+        Server::replicas(n, &url, vec![public_url(), no_invalidate_limit()]).await
+    }
+
+    /// Starts with `opts` expecting the start to fail; the error (it carries what the process
+    /// printed) is returned for the test to check.
+    pub async fn refused(opts: Opts) -> String {
+        let err = Server::start(opts)
+            .await
+            .err()
+            .expect("the start must fail");
+        format!("{err:#}")
+    }
+
+    /// `kill -9`: a crash, which leaves its leases behind; returns once the process is gone.
+    pub async fn kill(&mut self) {
+        self.proc.signal(libc::SIGKILL);
+        self.proc
+            .wait_exit(Duration::from_secs(10))
+            .await
+            .expect("killed process exits");
     }
 
     pub async fn client(&self) -> Client {
@@ -193,6 +270,22 @@ impl Client {
             .methods()
             .find(|x| x.name() == m)
             .with_context(|| format!("no method {m} on {svc}"))
+    }
+
+    /// GetToken for the client-credentials token of `tenant`'s connection `provider`.
+    pub async fn get_token(&self, tenant: &str, provider: &str) -> Result<Value, Status> {
+        self.call("TokenService/GetToken", get_token_req(tenant, provider))
+            .await
+    }
+
+    /// GetToken for `subject`'s token from connection `p` (see [`user`]).
+    pub async fn user_token(&self, subject: &str) -> Result<Value, Status> {
+        self.call("TokenService/GetToken", user(subject)).await
+    }
+
+    /// PutConnection: creates or replaces the connection `req` describes.
+    pub async fn put_connection(&self, req: Value) -> Result<Value, Status> {
+        self.call("AdminService/PutConnection", req).await
     }
 
     /// Calls `Service/Method` with a JSON request (proto field names), returns JSON.
@@ -364,9 +457,7 @@ pub async fn setup_connection(
     if let (Some(r), Some(e)) = (req.as_object_mut(), extra.as_object()) {
         r.extend(e.clone());
     }
-    c.call("AdminService/PutConnection", req)
-        .await
-        .expect("PutConnection")
+    c.put_connection(req).await.expect("PutConnection")
 }
 
 pub fn get_token_req(tenant: &str, provider: &str) -> Value {
@@ -374,15 +465,12 @@ pub fn get_token_req(tenant: &str, provider: &str) -> Value {
 }
 
 /// The form fields of a request a mock provider received.
-pub fn form(r: &wiremock::Request) -> std::collections::BTreeMap<String, String> {
+pub fn form(r: &Request) -> std::collections::BTreeMap<String, String> {
     url::form_urlencoded::parse(&r.body).into_owned().collect()
 }
 
 /// Requests of one grant type the mock provider received, in order.
-pub async fn requests_with_grant(
-    mock: &wiremock::MockServer,
-    grant: &str,
-) -> Vec<wiremock::Request> {
+pub async fn requests_with_grant(mock: &MockServer, grant: &str) -> Vec<Request> {
     mock.received_requests()
         .await
         .unwrap()
@@ -392,7 +480,7 @@ pub async fn requests_with_grant(
 }
 
 /// The refresh tokens presented to the mock provider, in order.
-pub async fn refresh_tokens_presented(mock: &wiremock::MockServer) -> Vec<String> {
+pub async fn refresh_tokens_presented(mock: &MockServer) -> Vec<String> {
     requests_with_grant(mock, "refresh_token")
         .await
         .iter()
@@ -403,28 +491,21 @@ pub async fn refresh_tokens_presented(mock: &wiremock::MockServer) -> Vec<String
 /// A provider whose code exchange answers `at-0` / `rt-0` and whose n-th refresh answers
 /// `refresh(n)`, at `/token`.
 pub async fn grant_provider(
-    refresh: impl Fn(usize) -> wiremock::ResponseTemplate + Send + Sync + 'static,
-) -> wiremock::MockServer {
-    use wiremock::{
-        Mock, ResponseTemplate,
-        matchers::{body_string_contains, method, path},
-    };
-    let mock = wiremock::MockServer::start().await;
+    refresh: impl Fn(usize) -> ResponseTemplate + Send + Sync + 'static,
+) -> MockServer {
+    let mock = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path("/token"))
         .and(body_string_contains("grant_type=authorization_code"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+        .respond_with(answer(serde_json::json!({
             "access_token": "at-0", "expires_in": 3600, "token_type": "Bearer", "refresh_token": "rt-0"
         })))
         .mount(&mock)
         .await;
-    let n = std::sync::atomic::AtomicUsize::new(0);
     Mock::given(method("POST"))
         .and(path("/token"))
         .and(body_string_contains("grant_type=refresh_token"))
-        .respond_with(move |_: &wiremock::Request| {
-            refresh(n.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1)
-        })
+        .respond_with(numbered(Asked::default(), refresh))
         .mount(&mock)
         .await;
     mock
@@ -432,29 +513,26 @@ pub async fn grant_provider(
 
 /// Tenant `acme` with connection `p` to `mock` (form-body client auth), and, when given,
 /// its revocation endpoint at `revocation` on the mock.
-pub async fn grant_connection(c: &Client, mock: &wiremock::MockServer, revocation: Option<&str>) {
+pub async fn grant_connection(c: &Client, mock: &MockServer, revocation: Option<&str>) {
     c.call(
         "AdminService/CreateTenant",
         serde_json::json!({"tenant": "acme"}),
     )
     .await
     .unwrap();
-    let mut req = serde_json::json!({"tenant": "acme", "provider": "p", "token_url": format!("{}/token", mock.uri()),
+    let mut req = serde_json::json!({"tenant": "acme", "provider": "p", "token_url": token_url(mock),
                          "authorize_url": "https://login.example.com/authorize",
                          "client_id": "id", "client_secret": "secret", "client_auth": "CLIENT_AUTH_POST"});
     if let Some(r) = revocation {
         req["revocation_url"] = serde_json::json!(format!("{}{r}", mock.uri()));
     }
-    c.call("AdminService/PutConnection", req).await.unwrap();
+    c.put_connection(req).await.unwrap();
 }
 
 /// An end user's authorization on connection `p`, completed with a code the mock accepts.
 pub async fn authorize(c: &Client, subject: &str) -> Value {
     let started = c
-        .call(
-            "AdminService/StartAuthorization",
-            serde_json::json!({"tenant": "acme", "provider": "p", "subject": subject}),
-        )
+        .call("AdminService/StartAuthorization", user(subject))
         .await
         .unwrap();
     c.call(
@@ -465,7 +543,169 @@ pub async fn authorize(c: &Client, subject: &str) -> Value {
     .unwrap()
 }
 
-/// GetToken for an end user of connection `p`.
+/// InvalidateToken: an end user of connection `p` reports `token` dead.
+pub async fn report(c: &Client, subject: &str, token: &str) -> Result<Value, Status> {
+    c.call(
+        "TokenService/InvalidateToken",
+        serde_json::json!({"tenant": "acme", "provider": "p", "subject": subject, "access_token": token}),
+    )
+    .await
+}
+
+/// An end user of connection `p`, as GetToken, GetGrant, RevokeGrant and StartAuthorization
+/// name one.
 pub fn user(subject: &str) -> Value {
     serde_json::json!({"tenant": "acme", "provider": "p", "subject": subject})
+}
+
+/// TOKENVEND_PUBLIC_URL, which the authorization-code flow needs for its redirect URI.
+pub fn public_url() -> (&'static str, String) {
+    (
+        "TOKENVEND_PUBLIC_URL",
+        "https://tokenvend.example.com".into(),
+    )
+}
+
+/// No limit on invalidation-triggered refreshes, for tests that report several tokens dead.
+pub fn no_invalidate_limit() -> (&'static str, String) {
+    ("TOKENVEND_INVALIDATE_MIN_INTERVAL", "0s".into())
+}
+
+/// Runs `tokenvend serve` with nothing but loopback addresses and `env`, for settings it must
+/// refuse before it listens: asserts that it failed and returns its stderr.
+pub fn refused_start(env: &[(&str, &str)]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_tokenvend"))
+        .arg("serve")
+        .env_clear()
+        .env("TOKENVEND_GRPC_ADDR", "127.0.0.1:0")
+        .env("TOKENVEND_HTTP_ADDR", "127.0.0.1:0")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run tokenvend");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "started with {env:?}:\n{stderr}");
+    stderr
+}
+
+/// A 200 answer with the JSON `body`.
+pub fn answer(body: Value) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(body)
+}
+
+/// A token endpoint's answer: `access_token`, valid for an hour.
+pub fn token_answer(access_token: &str) -> ResponseTemplate {
+    answer(serde_json::json!({"access_token": access_token, "expires_in": 3600}))
+}
+
+/// A refresh answer that rotates the refresh token: `at-n` / `rt-n`.
+pub fn rotated(n: usize) -> ResponseTemplate {
+    answer(serde_json::json!({
+        "access_token": format!("at-{n}"), "expires_in": 3600, "refresh_token": format!("rt-{n}")
+    }))
+}
+
+/// Where the mock providers of these tests take token requests.
+pub fn token_url(mock: &MockServer) -> String {
+    format!("{}/token", mock.uri())
+}
+
+/// A provider answering every POST to `/token` with `answer`; it checks, when dropped, that
+/// it was asked `expect` times (`..`: any number).
+pub async fn token_provider(answer: ResponseTemplate, expect: impl Into<Times>) -> MockServer {
+    let mock = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(answer)
+        .expect(expect)
+        .mount(&mock)
+        .await;
+    mock
+}
+
+/// How many requests a numbered provider has answered.
+#[derive(Clone, Default)]
+pub struct Asked(Arc<AtomicUsize>);
+
+impl Asked {
+    /// The requests answered so far.
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Answers the n-th request (from 1) with `answer(n)`, counting in `asked`: lets a test give
+/// each request its own answer and tell them apart.
+fn numbered(
+    asked: Asked,
+    answer: impl Fn(usize) -> ResponseTemplate + Send + Sync + 'static,
+) -> impl Fn(&Request) -> ResponseTemplate + Send + Sync + 'static {
+    move |_: &Request| answer(asked.0.fetch_add(1, Ordering::SeqCst) + 1)
+}
+
+/// A provider answering its n-th POST (from 1, at any path) with `answer(n)`, and its count.
+pub async fn numbered_provider(
+    answer: impl Fn(usize) -> ResponseTemplate + Send + Sync + 'static,
+) -> (MockServer, Asked) {
+    let mock = MockServer::start().await;
+    let asked = Asked::default();
+    Mock::given(method("POST"))
+        .respond_with(numbered(asked.clone(), answer))
+        .mount(&mock)
+        .await;
+    (mock, asked)
+}
+
+/// A provider answering `tok-1`, `tok-2`, … so tests can tell fetches apart.
+pub async fn tok_provider() -> (MockServer, Asked) {
+    numbered_provider(|n| token_answer(&format!("tok-{n}"))).await
+}
+
+/// Polls `cond` until it holds, for what a test can only observe by looking (a provider's
+/// request log, a closed port); panics naming `what` if it does not hold `within`.
+pub async fn wait_until(within: Duration, what: &str, mut cond: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never within {within:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until a refresh has reached the grant provider `mock`.
+pub async fn wait_for_refresh(mock: &MockServer) {
+    wait_until(
+        Duration::from_secs(5),
+        "a refresh reached the provider",
+        async || !refresh_tokens_presented(mock).await.is_empty(),
+    )
+    .await;
+}
+
+/// The `expires_at` of a GetToken answer.
+pub fn expires_at(token: &Value) -> OffsetDateTime {
+    OffsetDateTime::parse(
+        token["expires_at"].as_str().expect("an expires_at"),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .expect("RFC 3339")
+}
+
+/// The wall clock, read the one way the workspace allows.
+pub fn now() -> OffsetDateTime {
+    tokenvend_core::clock::Clock::now(&tokenvend_core::clock::SystemClock)
+}
+
+/// The health status the server reports for `service` ("" for the whole server).
+pub async fn health(c: &Client, service: &str) -> String {
+    c.call(
+        "grpc.health.v1.Health/Check",
+        serde_json::json!({"service": service}),
+    )
+    .await
+    .unwrap()["status"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }

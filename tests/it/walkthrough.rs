@@ -5,7 +5,7 @@
 use serde_json::json;
 use tokenvend_testkit::{oidc::OidcServer, postgres::PgCluster};
 
-use crate::support::{Opts, Server, get_token_req};
+use crate::support::{Opts, Server};
 
 async fn walkthrough(opts: Opts) {
     let oidc = OidcServer::start(json!({
@@ -30,8 +30,7 @@ async fn walkthrough(opts: Opts) {
     .await
     .unwrap();
     let put = c
-        .call(
-            "AdminService/PutConnection",
+        .put_connection(
             json!({"tenant": "acme", "provider": "basic", "token_url": oidc.token_url(),
                    "client_id": "cc-basic", "client_secret": "basic-secret-1",
                    "client_auth": "CLIENT_AUTH_BASIC", "scopes": ["read", "write"]}),
@@ -40,50 +39,35 @@ async fn walkthrough(opts: Opts) {
         .unwrap();
     assert_eq!(put["effective_token_url"], oidc.token_url());
     assert!(!put.to_string().contains("basic-secret-1"));
-    c.call(
-        "AdminService/PutConnection",
-        json!({"tenant": "acme", "provider": "post", "token_url": oidc.token_url(),
+    c.put_connection(json!({"tenant": "acme", "provider": "post", "token_url": oidc.token_url(),
                "client_id": "cc-post", "client_secret": "post-secret-2", "client_auth": "CLIENT_AUTH_POST"}),
     )
     .await
     .unwrap();
 
-    let t1 = c
-        .call("TokenService/GetToken", get_token_req("acme", "basic"))
-        .await
-        .unwrap();
+    let t1 = c.get_token("acme", "basic").await.unwrap();
     assert_eq!(t1["token_type"], "Bearer");
     assert_eq!(t1["scopes"], json!(["read", "write"]));
     assert!(t1["access_token"].as_str().unwrap().len() >= 20);
-    let again = c
-        .call("TokenService/GetToken", get_token_req("acme", "basic"))
-        .await
-        .unwrap();
+    let again = c.get_token("acme", "basic").await.unwrap();
     assert_eq!(
         again["access_token"], t1["access_token"],
         "answered from memory"
     );
-    let post = c
-        .call("TokenService/GetToken", get_token_req("acme", "post"))
-        .await
-        .unwrap();
+    let post = c.get_token("acme", "post").await.unwrap();
     assert_ne!(post["access_token"], t1["access_token"]);
 
     let stats = oidc.stats().await.unwrap();
     assert_eq!(stats["grants"]["client_credentials"], 2, "{stats}");
 
     // A wrong secret is the provider's invalid_client, as FAILED_PRECONDITION.
-    c.call(
-        "AdminService/PutConnection",
+    c.put_connection(
         json!({"tenant": "acme", "provider": "basic", "token_url": oidc.token_url(),
                "client_id": "cc-basic", "client_secret": "not-the-secret"}),
     )
     .await
     .unwrap();
-    let err = c
-        .call("TokenService/GetToken", get_token_req("acme", "basic"))
-        .await
-        .unwrap_err();
+    let err = c.get_token("acme", "basic").await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
     assert_eq!(
         crate::support::reason(&err).as_deref(),

@@ -9,18 +9,19 @@ use tokenvend_core::{
     Deps,
     admin::{Admin, PutConnection},
     cache::TokenCache,
-    clock::SystemClock,
+    clock::{Clock, SystemClock},
     connection::ConnectionSettings,
     crypto::{Envelope, KeyRing},
     endpoint::EndpointPolicy,
     events::Notifier,
     grants::{Grants, GrantsConfig},
     ids::{ConnectionKey, ProviderId, TenantId},
-    oauth::TokenClient,
+    oauth::{TokenClient, TokenClientConfig},
     paging::PageRequest,
     store::{
-        ConnectionRecord, GrantRecord, GrantStatus, LeaseEnd, LeaseWrite, PendingAuthorization,
-        Published, Store, StoreError, StoreEvent, TenantRecord, TokenRecord, WrappedDek,
+        ConnectionRecord, GrantRecord, GrantStatus, Lease, LeaseEnd, LeaseWrite,
+        PendingAuthorization, Published, Store, StoreError, StoreEvent, TenantRecord, TokenRecord,
+        WrappedDek,
     },
 };
 use tokenvend_testkit::postgres::PgCluster;
@@ -100,6 +101,8 @@ fn conn(t: &TenantRecord, provider: &str, version: i64) -> ConnectionRecord {
     }
 }
 
+/// An event for the store to publish with a change (its delivery is tested in
+/// `change_feed_reaches_subscribers`).
 /// Stores `t` the one way the port writes a token: as a lease holder finishing.
 async fn save_token(s: &Arc<dyn Store>, t: &TokenRecord) -> Result<LeaseWrite, StoreError> {
     finish_with(s, t, None).await
@@ -127,12 +130,7 @@ async fn finish_with(
     grant: Option<tokenvend_core::store::GrantWrite<'_>>,
 ) -> Result<LeaseWrite, StoreError> {
     let lease = s
-        .try_lease(
-            t.connection_id,
-            &t.subject,
-            "test-writer",
-            std::time::Duration::from_secs(30),
-        )
+        .try_lease(t.connection_id, &t.subject, "test-writer", LONG)
         .await?
         .expect("no lease is held while tests write tokens");
     s.finish_lease(
@@ -145,8 +143,6 @@ async fn finish_with(
     .await
 }
 
-/// An event for the store to publish with a change (its delivery is tested in
-/// `change_feed_reaches_subscribers`).
 fn ev() -> Published {
     Published {
         origin: "test".into(),
@@ -172,6 +168,136 @@ fn token(c: &ConnectionRecord, version: i64, expires: i64, marker: u8) -> TokenR
         expires_at: at(expires),
         fetched_at: at(0),
     }
+}
+
+/// Tenant `acme` with connection `p` (version 1): where most tests start.
+async fn acme_p(s: &Arc<dyn Store>) -> (TenantRecord, ConnectionRecord) {
+    let t = tenant("acme");
+    s.create_tenant(&t).await.unwrap();
+    let c = conn(&t, "p", 1);
+    s.put_connection(&c, None, &ev()).await.unwrap();
+    (t, c)
+}
+
+/// An active grant of `subject` on `c`: version 1, refresh token `[1]`.
+fn grant(c: &ConnectionRecord, subject: &str, scopes: &[&str]) -> GrantRecord {
+    GrantRecord {
+        id: Uuid::now_v7(),
+        connection_id: c.id,
+        subject: subject.into(),
+        refresh_token: Some(vec![1]),
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        status: GrantStatus::Active,
+        version: 1,
+        created_at: at(0),
+        updated_at: at(0),
+    }
+}
+
+/// The access token stored for a key, if any.
+async fn access_token(s: &Arc<dyn Store>, conn: Uuid, subject: &str) -> Option<Vec<u8>> {
+    s.load_token(conn, subject)
+        .await
+        .unwrap()
+        .map(|t| t.access_token)
+}
+
+/// The refresh token of `subject`'s grant on `conn` (the grant must exist).
+async fn refresh_token(s: &Arc<dyn Store>, conn: Uuid, subject: &str) -> Option<Vec<u8>> {
+    s.get_grant(conn, subject)
+        .await
+        .unwrap()
+        .expect("the grant")
+        .refresh_token
+}
+
+/// A lease TTL that outlasts any test.
+const LONG: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Asks for a key's lease for `holder`: `Some` if it got it.
+async fn lease(
+    s: &Arc<dyn Store>,
+    conn: Uuid,
+    subject: &str,
+    holder: &str,
+    ttl: std::time::Duration,
+) -> Option<Lease> {
+    s.try_lease(conn, subject, holder, ttl).await.unwrap()
+}
+
+/// A lease short enough to expire during the test, long enough to use right away.
+const SHORT: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// Takes the lease once the current (short) one has expired on the database's clock. Lease
+/// expiry is wall-clock time by design, so this waits for time to pass (bounded).
+async fn take_over(s: &Arc<dyn Store>, conn: Uuid, holder: &str) -> Lease {
+    take_over_key(s, conn, "", holder).await
+}
+
+/// `take_over` for the key of `subject`.
+async fn take_over_key(s: &Arc<dyn Store>, conn: Uuid, subject: &str, holder: &str) -> Lease {
+    for _ in 0..100 {
+        if let Some(l) = lease(s, conn, subject, holder, LONG).await {
+            return l;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("the short lease never expired");
+}
+
+/// Ends the lease of `generation` on a key with `end`.
+async fn finish(
+    s: &Arc<dyn Store>,
+    conn: Uuid,
+    subject: &str,
+    generation: i64,
+    end: LeaseEnd<'_>,
+) -> LeaseWrite {
+    s.finish_lease(conn, subject, generation, end, &ev())
+        .await
+        .unwrap()
+}
+
+/// A lease's end that writes a fetched token, no grant involved.
+fn fetched(token: &TokenRecord) -> LeaseEnd<'_> {
+    LeaseEnd::Token { token, grant: None }
+}
+
+/// What a replica (`origin`) announces when connection `provider` of tenant `acme` changed.
+fn changed(origin: &str, provider: &str) -> Published {
+    Published {
+        origin: origin.into(),
+        event: StoreEvent::ConnectionChanged {
+            tenant: "acme".into(),
+            provider: provider.into(),
+        },
+    }
+}
+
+/// Subscribes to the change feed once it is live: PostgreSQL's listener says Resync once it
+/// LISTENs (SQLite's feed is live at once), so publishing starts after that.
+async fn live_feed(s: &Arc<dyn Store>) -> tokio::sync::broadcast::Receiver<Published> {
+    let mut rx = s.subscribe();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), async {
+        while rx.recv().await.unwrap().event != StoreEvent::Resync {}
+    })
+    .await;
+    rx
+}
+
+/// The next event on the feed that is not a Resync (PostgreSQL announces one whenever its
+/// listener reconnects); bounded.
+async fn next_event(rx: &mut tokio::sync::broadcast::Receiver<Published>) -> Published {
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let p = rx.recv().await.unwrap();
+            if p.event != StoreEvent::Resync {
+                return p;
+            }
+        }
+    })
+    .await
+    .expect("the event arrives")
 }
 
 async fn tenants(s: Arc<dyn Store>) {
@@ -272,10 +398,7 @@ async fn connections_optimistic_concurrency(s: Arc<dyn Store>) {
 }
 
 async fn tokens_keep_the_fresher(s: Arc<dyn Store>) {
-    let t = tenant("acme");
-    s.create_tenant(&t).await.unwrap();
-    let c = conn(&t, "p", 1);
-    s.put_connection(&c, None, &ev()).await.unwrap();
+    let (_, c) = acme_p(&s).await;
     assert!(s.load_token(c.id, "").await.unwrap().is_none());
     save_token(&s, &token(&c, 1, 100, 1)).await.unwrap();
     assert_eq!(
@@ -284,41 +407,22 @@ async fn tokens_keep_the_fresher(s: Arc<dyn Store>) {
     );
     // a slow writer with an older token does not replace a fresher one
     save_token(&s, &token(&c, 1, 50, 2)).await.unwrap();
-    assert_eq!(
-        s.load_token(c.id, "").await.unwrap().unwrap().access_token,
-        vec![1]
-    );
+    assert_eq!(access_token(&s, c.id, "").await, Some(vec![1]));
     save_token(&s, &token(&c, 1, 200, 3)).await.unwrap();
-    assert_eq!(
-        s.load_token(c.id, "").await.unwrap().unwrap().access_token,
-        vec![3]
-    );
+    assert_eq!(access_token(&s, c.id, "").await, Some(vec![3]));
     // a token of a newer connection version always wins
     save_token(&s, &token(&c, 2, 10, 4)).await.unwrap();
     let got = s.load_token(c.id, "").await.unwrap().unwrap();
     assert_eq!((got.access_token, got.connection_version), (vec![4], 2));
     // and an older version never does
     save_token(&s, &token(&c, 1, 999, 5)).await.unwrap();
-    assert_eq!(
-        s.load_token(c.id, "").await.unwrap().unwrap().access_token,
-        vec![4]
-    );
+    assert_eq!(access_token(&s, c.id, "").await, Some(vec![4]));
     // subjects are separate rows
     let mut alice = token(&c, 2, 10, 6);
     alice.subject = "alice".into();
     save_token(&s, &alice).await.unwrap();
-    assert_eq!(
-        s.load_token(c.id, "alice")
-            .await
-            .unwrap()
-            .unwrap()
-            .access_token,
-        vec![6]
-    );
-    assert_eq!(
-        s.load_token(c.id, "").await.unwrap().unwrap().access_token,
-        vec![4]
-    );
+    assert_eq!(access_token(&s, c.id, "alice").await, Some(vec![6]));
+    assert_eq!(access_token(&s, c.id, "").await, Some(vec![4]));
 
     // compare-and-invalidate: an older token's hash changes nothing, the current one's drops it
     assert!(!s.invalidate_token(c.id, "", &[1; 32], &ev()).await.unwrap());
@@ -333,10 +437,7 @@ async fn tokens_keep_the_fresher(s: Arc<dyn Store>) {
 }
 
 async fn cascades(s: Arc<dyn Store>) {
-    let t = tenant("acme");
-    s.create_tenant(&t).await.unwrap();
-    let c = conn(&t, "p", 1);
-    s.put_connection(&c, None, &ev()).await.unwrap();
+    let (t, c) = acme_p(&s).await;
     save_token(&s, &token(&c, 1, 100, 1)).await.unwrap();
     assert!(s.delete_connection(&key(&t, "p"), &ev()).await.unwrap());
     assert!(s.load_token(c.id, "").await.unwrap().is_none());
@@ -384,19 +485,26 @@ async fn data_keys_and_envelope_across_restarts(s: Arc<dyn Store>) {
     assert_eq!(&*again.decrypt(aad, &ct).await.unwrap(), b"hello");
 }
 
-fn admin(s: &Arc<dyn Store>) -> Admin {
+/// The core's dependencies over `s`: a fresh key ring, an empty cache, `clock`; the token
+/// client may reach loopback and plain-HTTP endpoints (mock providers) if `policy` allows.
+fn deps(s: &Arc<dyn Store>, clock: Arc<dyn Clock>, policy: EndpointPolicy) -> Deps {
     let ring = KeyRing::parse(&KeyRing::generate_entry("k1")).unwrap();
-    let deps = Deps {
+    Deps {
         store: s.clone(),
         envelope: Arc::new(Envelope::new(ring, s.clone())),
         cache: Arc::new(TokenCache::new()),
-        client: TokenClient::new(Default::default()).unwrap(),
-        clock: Arc::new(SystemClock),
+        client: TokenClient::new(TokenClientConfig {
+            allow_insecure: policy.allow_insecure,
+            ..Default::default()
+        })
+        .unwrap(),
+        clock,
         notifier: Notifier::new("test"),
-    };
-    let policy = EndpointPolicy {
-        allow_insecure: false,
-    };
+    }
+}
+
+/// The admin API over `deps` (authorizations live 10 minutes).
+fn admin_over(deps: &Deps, policy: EndpointPolicy) -> Admin {
     let grants = Arc::new(Grants::new(
         deps.clone(),
         GrantsConfig {
@@ -405,7 +513,15 @@ fn admin(s: &Arc<dyn Store>) -> Admin {
             policy,
         },
     ));
-    Admin::new(deps, policy, grants)
+    Admin::new(deps.clone(), policy, grants)
+}
+
+/// The admin API over `s` as production runs it: the wall clock, public endpoints only.
+fn admin(s: &Arc<dyn Store>) -> Admin {
+    let policy = EndpointPolicy {
+        allow_insecure: false,
+    };
+    admin_over(&deps(s, Arc::new(SystemClock), policy), policy)
 }
 
 fn put(secret: &str) -> PutConnection {
@@ -516,10 +632,7 @@ async fn concurrent_puts_do_not_lose_updates(s: Arc<dyn Store>) {
 }
 
 async fn pending_authorizations_are_single_use(s: Arc<dyn Store>) {
-    let t = tenant("acme");
-    s.create_tenant(&t).await.unwrap();
-    let c = conn(&t, "p", 1);
-    s.put_connection(&c, None, &ev()).await.unwrap();
+    let (_, c) = acme_p(&s).await;
     let pending = |state: u8, expires: i64| PendingAuthorization {
         state_sha256: vec![state; 32],
         id: Uuid::now_v7(),
@@ -571,21 +684,8 @@ async fn pending_authorizations_are_single_use(s: Arc<dyn Store>) {
 }
 
 async fn grants_and_refreshes(s: Arc<dyn Store>) {
-    let t = tenant("acme");
-    s.create_tenant(&t).await.unwrap();
-    let c = conn(&t, "p", 1);
-    s.put_connection(&c, None, &ev()).await.unwrap();
-    let g = GrantRecord {
-        id: Uuid::now_v7(),
-        connection_id: c.id,
-        subject: "alice".into(),
-        refresh_token: Some(vec![1]),
-        scopes: vec!["a".into()],
-        status: GrantStatus::Active,
-        version: 1,
-        created_at: at(0),
-        updated_at: at(0),
-    };
+    let (t, c) = acme_p(&s).await;
+    let g = grant(&c, "alice", &["a"]);
     let mut tok = token(&c, 1, 100, 5);
     tok.subject = "alice".into();
     s.put_grant(&g, false, Some(&tok), &ev()).await.unwrap();
@@ -603,36 +703,15 @@ async fn grants_and_refreshes(s: Arc<dyn Store>) {
         Err(StoreError::AlreadyExists)
     ));
     assert_eq!(s.get_grant(c.id, "alice").await.unwrap().unwrap(), g);
-    assert_eq!(
-        s.load_token(c.id, "alice")
-            .await
-            .unwrap()
-            .unwrap()
-            .access_token,
-        vec![5]
-    );
+    assert_eq!(access_token(&s, c.id, "alice").await, Some(vec![5]));
 
     // a refresh without rotation keeps the refresh token; with rotation replaces it
     let mut t2 = tok.clone();
     t2.access_token = vec![6];
     t2.expires_at = at(200);
     assert_eq!(save_refreshed(&s, &g, None, &t2).await, LeaseWrite::Written);
-    assert_eq!(
-        s.get_grant(c.id, "alice")
-            .await
-            .unwrap()
-            .unwrap()
-            .refresh_token,
-        Some(vec![1])
-    );
-    assert_eq!(
-        s.load_token(c.id, "alice")
-            .await
-            .unwrap()
-            .unwrap()
-            .access_token,
-        vec![6]
-    );
+    assert_eq!(refresh_token(&s, c.id, "alice").await, Some(vec![1]));
+    assert_eq!(access_token(&s, c.id, "alice").await, Some(vec![6]));
     let mut t3 = t2.clone();
     t3.access_token = vec![7];
     t3.expires_at = at(300);
@@ -640,14 +719,7 @@ async fn grants_and_refreshes(s: Arc<dyn Store>) {
         save_refreshed(&s, &g, Some(&[2]), &t3).await,
         LeaseWrite::Written
     );
-    assert_eq!(
-        s.get_grant(c.id, "alice")
-            .await
-            .unwrap()
-            .unwrap()
-            .refresh_token,
-        Some(vec![2])
-    );
+    assert_eq!(refresh_token(&s, c.id, "alice").await, Some(vec![2]));
     let unknown = GrantRecord {
         id: Uuid::now_v7(),
         ..g.clone()
@@ -713,75 +785,24 @@ async fn grants_and_refreshes(s: Arc<dyn Store>) {
     assert!(s.get_grant(c.id, "bob").await.unwrap().is_none());
 }
 
-/// A lease short enough to expire during the test, long enough to use right away.
-const SHORT: std::time::Duration = std::time::Duration::from_millis(300);
-
-/// Takes the lease once the current (short) one has expired on the database's clock. Lease
-/// expiry is wall-clock time by design, so this waits for time to pass (bounded).
-async fn take_over(s: &Arc<dyn Store>, conn: Uuid, holder: &str) -> tokenvend_core::store::Lease {
-    take_over_key(s, conn, "", holder).await
-}
-
-async fn take_over_key(
-    s: &Arc<dyn Store>,
-    conn: Uuid,
-    subject: &str,
-    holder: &str,
-) -> tokenvend_core::store::Lease {
-    for _ in 0..100 {
-        if let Some(l) = s
-            .try_lease(conn, subject, holder, std::time::Duration::from_secs(30))
-            .await
-            .unwrap()
-        {
-            return l;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    panic!("the short lease never expired");
-}
-
 async fn refresh_leases_are_exclusive_and_fenced(s: Arc<dyn Store>) {
     use std::time::Duration as D;
-    let t = tenant("acme");
-    s.create_tenant(&t).await.unwrap();
-    let c = conn(&t, "p", 1);
-    s.put_connection(&c, None, &ev()).await.unwrap();
+    let (_, c) = acme_p(&s).await;
 
     // One holder at a time; the first lease of a key creates its row.
-    let a = s
-        .try_lease(c.id, "", "replica-a", D::from_secs(30))
-        .await
-        .unwrap()
-        .unwrap();
+    let a = lease(&s, c.id, "", "replica-a", LONG).await.unwrap();
     assert_eq!(a.generation, 1);
     assert!(!a.unfinished_attempt);
-    assert!(
-        s.try_lease(c.id, "", "replica-b", D::from_secs(30))
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(lease(&s, c.id, "", "replica-b", LONG).await.is_none());
     // Subjects are separate keys.
-    assert!(
-        s.try_lease(c.id, "alice", "replica-b", D::from_secs(30))
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(lease(&s, c.id, "alice", "replica-b", LONG).await.is_some());
 
     // Released: the next holder gets the next generation.
     assert_eq!(
-        s.finish_lease(c.id, "", a.generation, LeaseEnd::Released, &ev())
-            .await
-            .unwrap(),
+        finish(&s, c.id, "", a.generation, LeaseEnd::Released).await,
         LeaseWrite::Written
     );
-    let b = s
-        .try_lease(c.id, "", "replica-b", SHORT)
-        .await
-        .unwrap()
-        .unwrap();
+    let b = lease(&s, c.id, "", "replica-b", SHORT).await.unwrap();
     assert_eq!(b.generation, 2);
 
     // B's short lease expires (on the database's clock) and C takes over.
@@ -795,9 +816,7 @@ async fn refresh_leases_are_exclusive_and_fenced(s: Arc<dyn Store>) {
             .is_none()
     );
     assert_eq!(
-        s.finish_lease(c.id, "", b.generation, LeaseEnd::Released, &ev())
-            .await
-            .unwrap(),
+        finish(&s, c.id, "", b.generation, LeaseEnd::Released).await,
         LeaseWrite::Fenced
     );
 
@@ -811,46 +830,17 @@ async fn refresh_leases_are_exclusive_and_fenced(s: Arc<dyn Store>) {
     let tok = token(&c, 1, 500, 9);
     // An attempt of an older generation that is not the recorded one is fenced off.
     assert_eq!(
-        s.finish_lease(
-            c.id,
-            "",
-            b.generation,
-            LeaseEnd::Token {
-                token: &tok,
-                grant: None
-            },
-            &ev()
-        )
-        .await
-        .unwrap(),
+        finish(&s, c.id, "", b.generation, fetched(&tok)).await,
         LeaseWrite::Fenced
     );
     assert!(s.load_token(c.id, "").await.unwrap().is_none());
     // C's result is written and the lease released.
     assert_eq!(
-        s.finish_lease(
-            c.id,
-            "",
-            c3.generation,
-            LeaseEnd::Token {
-                token: &tok,
-                grant: None
-            },
-            &ev()
-        )
-        .await
-        .unwrap(),
+        finish(&s, c.id, "", c3.generation, fetched(&tok)).await,
         LeaseWrite::Written
     );
-    assert_eq!(
-        s.load_token(c.id, "").await.unwrap().unwrap().access_token,
-        vec![9]
-    );
-    let d = s
-        .try_lease(c.id, "", "replica-d", SHORT)
-        .await
-        .unwrap()
-        .unwrap();
+    assert_eq!(access_token(&s, c.id, "").await, Some(vec![9]));
+    let d = lease(&s, c.id, "", "replica-d", SHORT).await.unwrap();
     assert!(!d.unfinished_attempt, "C finished its attempt");
 
     // D sends a refresh and dies: its lease runs out, the attempt stays recorded.
@@ -868,29 +858,16 @@ async fn refresh_leases_are_exclusive_and_fenced(s: Arc<dyn Store>) {
     // D's late result is still written: the provider already rotated the refresh token.
     let late = token(&c, 1, 900, 7);
     assert_eq!(
-        s.finish_lease(
-            c.id,
-            "",
-            d.generation,
-            LeaseEnd::Token {
-                token: &late,
-                grant: None
-            },
-            &ev()
-        )
-        .await
-        .unwrap(),
+        finish(&s, c.id, "", d.generation, fetched(&late)).await,
         LeaseWrite::Written
     );
-    assert_eq!(
-        s.load_token(c.id, "").await.unwrap().unwrap().access_token,
-        vec![7]
-    );
+    assert_eq!(access_token(&s, c.id, "").await, Some(vec![7]));
 
     // A definitive failure is remembered until `until`, for the connection version it hit.
     assert!(s.recent_failure(c.id, "").await.unwrap().is_none());
     assert_eq!(
-        s.finish_lease(
+        finish(
+            &s,
             c.id,
             "",
             e.generation,
@@ -900,40 +877,20 @@ async fn refresh_leases_are_exclusive_and_fenced(s: Arc<dyn Store>) {
                 remember_for: Some(std::time::Duration::from_secs(3600)),
                 outcome_known: true
             },
-            &ev()
         )
-        .await
-        .unwrap(),
+        .await,
         LeaseWrite::Written
     );
     let f = s.recent_failure(c.id, "").await.unwrap().unwrap();
     assert_eq!((f.error.as_str(), f.connection_version), ("{\"x\":1}", 1));
     // ...and cleared by the next success.
-    let g = s
-        .try_lease(c.id, "", "replica-g", D::from_secs(30))
-        .await
-        .unwrap()
-        .unwrap();
-    s.finish_lease(
-        c.id,
-        "",
-        g.generation,
-        LeaseEnd::Token {
-            token: &token(&c, 1, 1000, 8),
-            grant: None,
-        },
-        &ev(),
-    )
-    .await
-    .unwrap();
+    let g = lease(&s, c.id, "", "replica-g", LONG).await.unwrap();
+    finish(&s, c.id, "", g.generation, fetched(&token(&c, 1, 1000, 8))).await;
     assert!(s.recent_failure(c.id, "").await.unwrap().is_none());
     // A past `until` is not remembered at all.
-    let h = s
-        .try_lease(c.id, "", "replica-h", D::from_secs(30))
-        .await
-        .unwrap()
-        .unwrap();
-    s.finish_lease(
+    let h = lease(&s, c.id, "", "replica-h", LONG).await.unwrap();
+    finish(
+        &s,
         c.id,
         "",
         h.generation,
@@ -943,46 +900,22 @@ async fn refresh_leases_are_exclusive_and_fenced(s: Arc<dyn Store>) {
             remember_for: Some(std::time::Duration::ZERO),
             outcome_known: true,
         },
-        &ev(),
     )
-    .await
-    .unwrap();
+    .await;
     assert!(s.recent_failure(c.id, "").await.unwrap().is_none());
 }
 
 async fn change_feed_reaches_subscribers(s: Arc<dyn Store>) {
-    let mut rx = s.subscribe();
-    // PostgreSQL's listener says Resync once it LISTENs; publish after that (SQLite: at once).
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), async {
-        while rx.recv().await.unwrap().event != StoreEvent::Resync {}
-    })
-    .await;
-    let event = Published {
-        origin: "replica-a".into(),
-        event: StoreEvent::ConnectionChanged {
-            tenant: "acme".into(),
-            provider: "p".into(),
-        },
-    };
+    let mut rx = live_feed(&s).await;
+    let event = changed("replica-a", "p");
     s.publish(&event).await.unwrap();
-    // PostgreSQL announces a Resync when its listener (re)connects; skip those.
-    let got = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        loop {
-            let p = rx.recv().await.unwrap();
-            if p.event != StoreEvent::Resync {
-                return p;
-            }
-        }
-    })
-    .await
-    .expect("the event arrives");
-    assert_eq!(got, event);
+    assert_eq!(next_event(&mut rx).await, event);
 }
 
 async fn refresh_ahead_keeps_used_tokens_warm_and_lets_idle_ones_expire(s: Arc<dyn Store>) {
     use futures::FutureExt;
     use tokenvend_core::{
-        clock::{Clock, ManualClock},
+        clock::ManualClock,
         config::VendorConfig,
         ids::{Subject, TokenKey},
         vend::Vendor,
@@ -1001,31 +934,11 @@ async fn refresh_ahead_keeps_used_tokens_warm_and_lets_idle_ones_expire(s: Arc<d
         .mount(&provider)
         .await;
     let clock = ManualClock::new(datetime!(2030-01-01 0:00 UTC));
-    let ring = KeyRing::parse(&KeyRing::generate_entry("k1")).unwrap();
-    let deps = Deps {
-        store: s.clone(),
-        envelope: Arc::new(Envelope::new(ring, s.clone())),
-        cache: Arc::new(TokenCache::new()),
-        client: TokenClient::new(tokenvend_core::oauth::TokenClientConfig {
-            allow_insecure: true,
-            ..Default::default()
-        })
-        .unwrap(),
-        clock: Arc::new(clock.clone()),
-        notifier: Notifier::new("test"),
-    };
     let policy = EndpointPolicy {
         allow_insecure: true,
     };
-    let grants = Arc::new(Grants::new(
-        deps.clone(),
-        GrantsConfig {
-            public_url: None,
-            authorization_ttl: std::time::Duration::from_secs(600),
-            policy,
-        },
-    ));
-    let admin = Admin::new(deps.clone(), policy, grants);
+    let deps = deps(&s, Arc::new(clock.clone()), policy);
+    let admin = admin_over(&deps, policy);
     admin
         .create_tenant(TenantId::parse("acme").unwrap(), String::new())
         .await
@@ -1085,15 +998,8 @@ async fn refresh_ahead_keeps_used_tokens_warm_and_lets_idle_ones_expire(s: Arc<d
 
 async fn heartbeats_keep_a_lease_and_shutdown_releases_it(s: Arc<dyn Store>) {
     use std::time::Duration as D;
-    let t = tenant("acme");
-    s.create_tenant(&t).await.unwrap();
-    let c = conn(&t, "p", 1);
-    s.put_connection(&c, None, &ev()).await.unwrap();
-    let a = s
-        .try_lease(c.id, "", "replica-a", D::from_secs(30))
-        .await
-        .unwrap()
-        .unwrap();
+    let (_, c) = acme_p(&s).await;
+    let a = lease(&s, c.id, "", "replica-a", LONG).await.unwrap();
     assert!(
         s.renew_lease(c.id, "", a.generation, D::from_secs(30))
             .await
@@ -1103,10 +1009,8 @@ async fn heartbeats_keep_a_lease_and_shutdown_releases_it(s: Arc<dyn Store>) {
     // Shutdown: replica-a gives its leases up; B takes over at once, not after the TTL.
     assert_eq!(s.release_leases("replica-a").await.unwrap(), 1);
     assert_eq!(s.release_leases("replica-a").await.unwrap(), 0);
-    let b = s
-        .try_lease(c.id, "", "replica-b", D::from_secs(30))
+    let b = lease(&s, c.id, "", "replica-b", LONG)
         .await
-        .unwrap()
         .expect("a released lease is free at once");
     assert!(b.generation > a.generation);
     assert!(
@@ -1124,15 +1028,8 @@ async fn heartbeats_keep_a_lease_and_shutdown_releases_it(s: Arc<dyn Store>) {
 
 async fn a_refresh_attempt_blocks_takeover_until_its_deadline(s: Arc<dyn Store>) {
     use std::time::Duration as D;
-    let t = tenant("acme");
-    s.create_tenant(&t).await.unwrap();
-    let c = conn(&t, "p", 1);
-    s.put_connection(&c, None, &ev()).await.unwrap();
-    let a = s
-        .try_lease(c.id, "alice", "replica-a", D::from_secs(30))
-        .await
-        .unwrap()
-        .unwrap();
+    let (_, c) = acme_p(&s).await;
+    let a = lease(&s, c.id, "alice", "replica-a", LONG).await.unwrap();
     let mark = s
         .mark_refresh_attempt(c.id, "alice", a, D::from_secs(30))
         .await
@@ -1143,10 +1040,7 @@ async fn a_refresh_attempt_blocks_takeover_until_its_deadline(s: Arc<dyn Store>)
     // may take the lease, or the refresh token could be sent twice.
     s.release_leases("replica-a").await.unwrap();
     assert!(
-        s.try_lease(c.id, "alice", "replica-b", D::from_secs(30))
-            .await
-            .unwrap()
-            .is_none(),
+        lease(&s, c.id, "alice", "replica-b", LONG).await.is_none(),
         "an attempt within its deadline blocks takeover"
     );
     // A's answer arrives: its attempt is the recorded one, so it is written (rotated token
@@ -1154,24 +1048,11 @@ async fn a_refresh_attempt_blocks_takeover_until_its_deadline(s: Arc<dyn Store>)
     let mut tok = token(&c, 1, 500, 4);
     tok.subject = "alice".into();
     assert_eq!(
-        s.finish_lease(
-            c.id,
-            "alice",
-            a.generation,
-            LeaseEnd::Token {
-                token: &tok,
-                grant: None
-            },
-            &ev()
-        )
-        .await
-        .unwrap(),
+        finish(&s, c.id, "alice", a.generation, fetched(&tok)).await,
         LeaseWrite::Written
     );
-    let b = s
-        .try_lease(c.id, "alice", "replica-b", D::from_secs(30))
+    let b = lease(&s, c.id, "alice", "replica-b", LONG)
         .await
-        .unwrap()
         .expect("a finished attempt no longer blocks");
     assert!(!b.unfinished_attempt);
 
@@ -1182,7 +1063,8 @@ async fn a_refresh_attempt_blocks_takeover_until_its_deadline(s: Arc<dyn Store>)
         .await
         .unwrap()
         .unwrap();
-    s.finish_lease(
+    finish(
+        &s,
         c.id,
         "alice",
         b.generation,
@@ -1192,64 +1074,34 @@ async fn a_refresh_attempt_blocks_takeover_until_its_deadline(s: Arc<dyn Store>)
             remember_for: None,
             outcome_known: false,
         },
-        &ev(),
     )
-    .await
-    .unwrap();
+    .await;
     let c3 = take_over_key(&s, c.id, "alice", "replica-c").await;
     assert!(c3.unfinished_attempt);
 }
 
 async fn a_refresh_never_writes_over_a_revoked_or_reauthorized_grant(s: Arc<dyn Store>) {
-    use std::time::Duration as D;
     use tokenvend_core::store::GrantWrite;
-    let t = tenant("acme");
-    s.create_tenant(&t).await.unwrap();
-    let c = conn(&t, "p", 1);
-    s.put_connection(&c, None, &ev()).await.unwrap();
-    let g = GrantRecord {
-        id: Uuid::now_v7(),
-        connection_id: c.id,
-        subject: "alice".into(),
-        refresh_token: Some(vec![1]),
-        scopes: vec![],
-        status: GrantStatus::Active,
-        version: 1,
-        created_at: at(0),
-        updated_at: at(0),
-    };
+    let (_, c) = acme_p(&s).await;
+    let g = grant(&c, "alice", &[]);
     s.put_grant(&g, false, None, &ev()).await.unwrap();
     let mut tok = token(&c, 1, 500, 4);
     tok.subject = "alice".into();
-    let refresh = |lease: i64, version: i64, rt: &'static [u8]| {
-        let s = s.clone();
-        let tok = tok.clone();
-        async move {
-            s.finish_lease(
-                c.id,
-                "alice",
-                lease,
-                LeaseEnd::Token {
-                    token: &tok,
-                    grant: Some(GrantWrite {
-                        id: g.id,
-                        version,
-                        refresh_token: Some(rt),
-                    }),
-                },
-                &ev(),
-            )
-            .await
-            .unwrap()
-        }
+    let refresh = async |lease: i64, version: i64, rt: &'static [u8]| {
+        let grant = GrantWrite {
+            id: g.id,
+            version,
+            refresh_token: Some(rt),
+        };
+        let end = LeaseEnd::Token {
+            token: &tok,
+            grant: Some(grant),
+        };
+        finish(&s, c.id, "alice", lease, end).await
     };
 
     // Re-authorized (version 2) while a refresh of version 1 ran: its result is dropped.
-    let a = s
-        .try_lease(c.id, "alice", "a", D::from_secs(30))
-        .await
-        .unwrap()
-        .unwrap();
+    let a = lease(&s, c.id, "alice", "a", LONG).await.unwrap();
     let again = GrantRecord {
         refresh_token: Some(vec![2]),
         version: 2,
@@ -1271,28 +1123,16 @@ async fn a_refresh_never_writes_over_a_revoked_or_reauthorized_grant(s: Arc<dyn 
     assert_eq!(stored.status, GrantStatus::Active);
     assert!(s.load_token(c.id, "alice").await.unwrap().is_none());
     // The lease was released all the same.
-    let b = s
-        .try_lease(c.id, "alice", "b", D::from_secs(30))
-        .await
-        .unwrap()
-        .expect("released");
+    let b = lease(&s, c.id, "alice", "b", LONG).await.expect("released");
     // A refresh under the current version is written, rotated refresh token included.
     assert_eq!(refresh(b.generation, 2, b"new").await, LeaseWrite::Written);
     assert_eq!(
-        s.get_grant(c.id, "alice")
-            .await
-            .unwrap()
-            .unwrap()
-            .refresh_token,
+        refresh_token(&s, c.id, "alice").await,
         Some(b"new".to_vec())
     );
 
     // Revoked while a refresh ran: no orphan token is written for the gone subject.
-    let d = s
-        .try_lease(c.id, "alice", "d", D::from_secs(30))
-        .await
-        .unwrap()
-        .unwrap();
+    let d = lease(&s, c.id, "alice", "d", LONG).await.unwrap();
     assert!(s.delete_grant(c.id, "alice", &ev()).await.unwrap());
     assert_eq!(
         refresh(d.generation, 2, b"orphan").await,
@@ -1303,35 +1143,13 @@ async fn a_refresh_never_writes_over_a_revoked_or_reauthorized_grant(s: Arc<dyn 
 }
 
 async fn changes_announce_themselves_in_their_transaction(s: Arc<dyn Store>) {
-    let mut rx = s.subscribe();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), async {
-        while rx.recv().await.unwrap().event != StoreEvent::Resync {}
-    })
-    .await;
-    async fn recv(rx: &mut tokio::sync::broadcast::Receiver<Published>) -> Published {
-        tokio::time::timeout(std::time::Duration::from_secs(10), async {
-            loop {
-                let p = rx.recv().await.unwrap();
-                if p.event != StoreEvent::Resync {
-                    return p;
-                }
-            }
-        })
-        .await
-        .expect("the change is announced")
-    }
-    let named = |what: &str| Published {
-        origin: "replica-a".into(),
-        event: StoreEvent::ConnectionChanged {
-            tenant: "acme".into(),
-            provider: what.into(),
-        },
-    };
+    let mut rx = live_feed(&s).await;
+    let named = |what: &str| changed("replica-a", what);
     let t = tenant("acme");
     s.create_tenant(&t).await.unwrap();
     let c = conn(&t, "p", 1);
     s.put_connection(&c, None, &named("put")).await.unwrap();
-    assert_eq!(recv(&mut rx).await, named("put"));
+    assert_eq!(next_event(&mut rx).await, named("put"));
     // A put that loses its optimistic check announces nothing; the next one does.
     assert!(matches!(
         s.put_connection(&conn(&t, "p", 2), Some(7), &named("lost"))
@@ -1352,67 +1170,43 @@ async fn changes_announce_themselves_in_their_transaction(s: Arc<dyn Store>) {
             .unwrap()
     );
     assert_eq!(
-        recv(&mut rx).await,
+        next_event(&mut rx).await,
         named("invalidated"),
         "neither the lost put nor the stale invalidation was announced"
     );
     s.put_connection(&conn(&t, "q", 1), None, &named("q"))
         .await
         .unwrap();
-    assert_eq!(recv(&mut rx).await, named("q"));
+    assert_eq!(next_event(&mut rx).await, named("q"));
     // Deleting the tenant announces each of its connections.
     assert!(s.delete_tenant(&t.slug, "replica-b").await.unwrap());
-    let mut gone = vec![recv(&mut rx).await, recv(&mut rx).await];
+    let mut gone = vec![next_event(&mut rx).await, next_event(&mut rx).await];
     gone.sort_by_key(|p| format!("{:?}", p.event));
-    let expect = |p: &str| Published {
-        origin: "replica-b".into(),
-        event: StoreEvent::ConnectionChanged {
-            tenant: "acme".into(),
-            provider: p.into(),
-        },
-    };
-    assert_eq!(gone, vec![expect("p"), expect("q")]);
+    assert_eq!(
+        gone,
+        vec![changed("replica-b", "p"), changed("replica-b", "q")]
+    );
 }
 
 /// A holder whose refresh outlived its deadline; B takes over and reads the grant; then A's
 /// late result lands (its attempt was still the recorded one) with a rotated refresh token.
 /// B must not record an attempt of its own: the refresh token it read is spent.
 async fn a_late_result_landing_after_takeover_stops_the_new_attempt(s: Arc<dyn Store>) {
-    use std::time::Duration as D;
-    let t = tenant("acme");
-    s.create_tenant(&t).await.unwrap();
-    let c = conn(&t, "p", 1);
-    s.put_connection(&c, None, &ev()).await.unwrap();
-    let a = s
-        .try_lease(c.id, "", "replica-a", SHORT)
-        .await
-        .unwrap()
-        .unwrap();
+    let (_, c) = acme_p(&s).await;
+    let a = lease(&s, c.id, "", "replica-a", SHORT).await.unwrap();
     s.mark_refresh_attempt(c.id, "", a, SHORT)
         .await
         .unwrap()
         .unwrap();
     let b = take_over(&s, c.id, "replica-b").await;
     assert_eq!(b.attempt_seen, Some(a.generation));
-    let late = token(&c, 1, 900, 7);
     assert_eq!(
-        s.finish_lease(
-            c.id,
-            "",
-            a.generation,
-            LeaseEnd::Token {
-                token: &late,
-                grant: None
-            },
-            &ev()
-        )
-        .await
-        .unwrap(),
+        finish(&s, c.id, "", a.generation, fetched(&token(&c, 1, 900, 7))).await,
         LeaseWrite::Written,
         "A's recorded attempt is written although B holds the lease"
     );
     assert!(
-        s.mark_refresh_attempt(c.id, "", b, D::from_secs(30))
+        s.mark_refresh_attempt(c.id, "", b, LONG)
             .await
             .unwrap()
             .is_none(),
