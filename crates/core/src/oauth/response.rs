@@ -166,7 +166,9 @@ pub fn parse_token_response(
 
     let refresh_token = match obj.get("refresh_token") {
         None | Some(Value::Null) => None,
-        Some(Value::String(t)) if t.is_empty() => None,
+        // Blank like empty: no new refresh token (the stored one is kept), never a token of
+        // spaces that the provider would refuse at the next refresh.
+        Some(Value::String(t)) if t.trim().is_empty() => None,
         Some(Value::String(t)) => Some(SecretString::from(
             header_safe("refresh_token", t)?.to_owned(),
         )),
@@ -374,6 +376,12 @@ mod tests {
                 &["req"],
             ),
             (
+                "blank refresh_token: none issued",
+                r#"{"access_token":"t","expires_in":10,"refresh_token":"   "}"#,
+                10,
+                &["req"],
+            ),
+            (
                 "access_token with an inner space (VSCHAR allows it)",
                 r#"{"access_token":"a b","expires_in":10}"#,
                 10,
@@ -392,6 +400,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.refresh_token.unwrap().expose_secret(), "r");
+        let blank = parse(
+            200,
+            r#"{"access_token":"a","refresh_token":"  ","expires_in":5}"#,
+        )
+        .unwrap();
+        assert!(
+            blank.refresh_token.is_none(),
+            "a blank refresh token is none"
+        );
     }
 
     #[test]
