@@ -191,9 +191,15 @@ enum Found {
 struct Fetched {
     record: TokenRecord,
     token: Arc<CachedToken>,
-    /// For an end user's grant: the grant as read under the lease, and the rotated refresh
-    /// token (encrypted) if the provider sent one.
-    grant: Option<(GrantRecord, Option<Vec<u8>>)>,
+    /// For an end user's grant only.
+    grant: Option<Refreshed>,
+}
+
+/// An end user's grant after a refresh: as read under the lease (its version fences the
+/// write), and the rotated refresh token (encrypted) if the provider sent one.
+struct Refreshed {
+    grant: GrantRecord,
+    rotated_refresh_token: Option<Vec<u8>>,
 }
 
 /// How a failed provider call is remembered.
@@ -323,10 +329,10 @@ impl Held<'_> {
                 token
             }
             Ok(Found::Fetched(fetched)) => {
-                let grant = fetched.grant.as_ref().map(|(g, rt)| GrantWrite {
-                    id: g.id,
-                    version: g.version,
-                    refresh_token: rt.as_deref(),
+                let grant = fetched.grant.as_ref().map(|r| GrantWrite {
+                    id: r.grant.id,
+                    version: r.grant.version,
+                    refresh_token: r.rotated_refresh_token.as_deref(),
                 });
                 let end = LeaseEnd::Token {
                     token: &fetched.record,
@@ -541,7 +547,10 @@ impl Held<'_> {
         Ok(Fetched {
             record,
             token,
-            grant: Some((grant, rotated_refresh_token)),
+            grant: Some(Refreshed {
+                grant,
+                rotated_refresh_token,
+            }),
         })
     }
 }
