@@ -190,6 +190,12 @@ impl Admin {
                 .await?
                 .ok_or_else(|| Error::TenantNotFound(put.key.tenant.to_string()))?;
             let existing = self.store.get_connection(&put.key).await?;
+            if new_secret.is_none()
+                && new_api_key.is_none()
+                && let Some(old) = &existing
+            {
+                check_destination_kept(old, &put.settings)?;
+            }
             let id = existing.as_ref().map(|c| c.id).unwrap_or_else(Uuid::now_v7);
             let now = self.clock.now();
 
@@ -446,6 +452,28 @@ fn view(
 
 /// 64 bits of SHA-256 over (row id, secret): tells an operator whether the secret changed,
 /// without offering a hash of the bare secret to guess against.
+/// A stored secret (or API key) is kept only while its destination is: see
+/// `ConnectionSettings::destination_change`.
+fn check_destination_kept(old: &ConnectionRecord, new: &ConnectionSettings) -> Result<()> {
+    let kind = match (&old.client_secret, &old.api_key) {
+        (Some(_), _) => "client_secret",
+        (None, Some(_)) => "api_key",
+        (None, None) => return Ok(()),
+    };
+    let stored: ConnectionSettings = serde_json::from_str(&old.settings)
+        .map_err(|e| StoreError::Corrupt(format!("connection {} settings: {e}", old.id)))?;
+    match stored.destination_change(new) {
+        None => Ok(()),
+        Some(field) => Err(InvalidInput::new(
+            field,
+            format!(
+                "changes where or how the stored {kind} is sent; give {kind} again in the same request (it is write-only and stays with its destination)"
+            ),
+        )
+        .into()),
+    }
+}
+
 fn fingerprint(id: Uuid, secret: &SecretString) -> String {
     let mut h = Sha256::new();
     h.update(id.as_bytes());

@@ -91,6 +91,42 @@ pub struct Effective {
 }
 
 impl ConnectionSettings {
+    /// The first setting in `new` that changes where or how a stored secret is sent (or,
+    /// for a static API key, which provider it belongs to), compared with `self`: the
+    /// template and its parameters, the effective token / authorize / revocation URLs, the
+    /// client auth methods and the client id. A write-only secret stays with its
+    /// destination: repointing a connection must come with the secret again, or a caller
+    /// of `PutConnection` could send the stored secret to a server of its choice.
+    pub fn destination_change(&self, new: &ConnectionSettings) -> Option<&'static str> {
+        let template = |s: &ConnectionSettings| catalog::find(&s.template).map(|t| t.name).ok();
+        if template(self) != template(new) {
+            return Some("template");
+        }
+        if self.template_params != new.template_params {
+            return Some("template_params");
+        }
+        // Compared as resolved, whatever the endpoint policy: only the destination counts.
+        let any = EndpointPolicy {
+            allow_insecure: true,
+        };
+        let (Ok(old), Ok(next)) = (self.resolve(any), new.resolve(any)) else {
+            return Some("token_url");
+        };
+        [
+            ("token_url", old.token_url != next.token_url),
+            ("authorize_url", old.authorize_url != next.authorize_url),
+            ("revocation_url", old.revocation_url != next.revocation_url),
+            (
+                "client_auth",
+                old.client_auth != next.client_auth
+                    || old.user_grant_client_auth != next.user_grant_client_auth,
+            ),
+            ("client_id", old.client_id != next.client_id),
+        ]
+        .into_iter()
+        .find_map(|(field, changed)| changed.then_some(field))
+    }
+
     /// Validates the settings and resolves them against their template. Called on every
     /// `PutConnection` (so bad input is refused before anything is written) and when a
     /// token is fetched (so a stored connection is re-checked under the current policy).
