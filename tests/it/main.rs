@@ -15,6 +15,7 @@ mod lifecycle;
 mod providers;
 mod proxy;
 mod reflection;
+mod rewrap;
 mod shutdown;
 mod stampede;
 mod walkthrough;

@@ -301,11 +301,34 @@ impl std::fmt::Debug for WrappedDek {
     }
 }
 
+/// How many stored data keys one master key wraps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MasterKeyUse {
+    pub master_key_id: String,
+    pub data_keys: u64,
+}
+
 /// Wrapped data keys (see `crypto`). Separate so the envelope depends on this alone.
 #[async_trait]
 pub trait DataKeyStore: Send + Sync + 'static {
     async fn insert_data_key(&self, dek: &WrappedDek) -> Result<(), StoreError>;
     async fn get_data_key(&self, id: Uuid) -> Result<Option<WrappedDek>, StoreError>;
+    /// Data keys per master key, for the start-up check and re-wrap progress.
+    async fn master_key_uses(&self) -> Result<Vec<MasterKeyUse>, StoreError>;
+    /// Data keys not wrapped by `master_key_id`, ordered by id, strictly after `after`.
+    async fn data_keys_not_wrapped_by(
+        &self,
+        master_key_id: &str,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<WrappedDek>, StoreError>;
+    /// Replaces a data key's wrapping if it is still wrapped by `from_master_key_id` (a
+    /// concurrent re-wrap may have done it already). True if it did.
+    async fn rewrap_data_key(
+        &self,
+        from_master_key_id: &str,
+        rewrapped: &WrappedDek,
+    ) -> Result<bool, StoreError>;
 }
 
 #[async_trait]

@@ -24,6 +24,20 @@ impl DataKeyStore for UnreachableStore {
     async fn get_data_key(&self, _: Uuid) -> Result<Option<WrappedDek>, StoreError> {
         unreachable!("the store must not be used here")
     }
+    async fn master_key_uses(&self) -> Result<Vec<crate::store::MasterKeyUse>, StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    async fn data_keys_not_wrapped_by(
+        &self,
+        _: &str,
+        _: Option<Uuid>,
+        _: u32,
+    ) -> Result<Vec<WrappedDek>, StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    async fn rewrap_data_key(&self, _: &str, _: &WrappedDek) -> Result<bool, StoreError> {
+        unreachable!("the store must not be used here")
+    }
 }
 
 #[async_trait]

@@ -132,6 +132,11 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         allow_insecure: args.allow_insecure_endpoints,
     };
     let envelope = Arc::new(Envelope::new(ring, store.clone()));
+    // A ring that lacks a master key still wrapping data would fail every decryption of it.
+    envelope.check_ring().await?;
+    if !args.rewrap_interval.is_zero() {
+        tokio::spawn(rewrap_in_background(envelope.clone(), args.rewrap_interval));
+    }
     let cache = Arc::new(TokenCache::new());
     let clock = Arc::new(SystemClock);
     let client = TokenClient::new(TokenClientConfig {
@@ -348,6 +353,57 @@ async fn watch_store(
             }
         }
     }
+}
+
+/// Data keys re-wrapped per store round trip.
+const REWRAP_BATCH: u32 = 100;
+
+/// Re-wraps data keys under the active master key at start-up and then every `every`, so a
+/// rotated master key needs no manual step (replicas doing it at once are harmless: each key
+/// is re-wrapped by one conditional update).
+async fn rewrap_in_background(envelope: Arc<Envelope>, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match envelope.rewrap(REWRAP_BATCH).await {
+            Ok(done) if done.unreadable > 0 => tracing::warn!(
+                rewrapped = done.rewrapped,
+                unreadable = done.unreadable,
+                "some data keys could not be re-wrapped: their master key is missing from TOKENVEND_MASTER_KEYS"
+            ),
+            Ok(done) if done.rewrapped > 0 => tracing::info!(
+                rewrapped = done.rewrapped,
+                "re-wrapped data keys under the active master key"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "re-wrapping data keys failed; retrying at the next pass")
+            }
+        }
+    }
+}
+
+/// `tokenvend rewrap`: one full pass, with counts. Fails if any data key could not be
+/// re-wrapped (its master key is not in the ring), so a script can stop before removing it.
+pub async fn rewrap(db: DbArgs) -> Result<()> {
+    let ring = load_key_ring(&db)?;
+    let active = ring.active().id.clone();
+    let store = tokenvend_store::open(&db.url(), true)
+        .await
+        .context("opening the database")?;
+    let done = Envelope::new(ring, store).rewrap(REWRAP_BATCH).await?;
+    println!(
+        "re-wrapped {} data key(s) under master key {active:?}; {} already done by another pass; {} could not be read",
+        done.rewrapped, done.raced, done.unreadable
+    );
+    if done.unreadable > 0 {
+        bail!(
+            "{} data key(s) are wrapped by master keys missing from TOKENVEND_MASTER_KEYS; put them back and run rewrap again",
+            done.unreadable
+        );
+    }
+    Ok(())
 }
 
 pub async fn migrate(db: DbArgs) -> Result<()> {

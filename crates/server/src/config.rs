@@ -46,6 +46,10 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Brings the database schema up to date and exits (serve also does this at start-up).
     Migrate(DbArgs),
+    /// Re-wraps every stored data key under the active (first) master key and exits, so an
+    /// old master key can then be removed from TOKENVEND_MASTER_KEYS. Online and resumable;
+    /// `serve` also runs it in the background (TOKENVEND_REWRAP_INTERVAL).
+    Rewrap(DbArgs),
     /// Prints a new master key entry for TOKENVEND_MASTER_KEYS (`id:<base64>`).
     Keygen {
         /// Key id to put in front of the key.
@@ -132,6 +136,10 @@ pub struct ServeArgs {
     /// How often the background refresher looks for tokens due for renewal (0 disables it).
     #[arg(long, env = "TOKENVEND_REFRESH_TICK", default_value = "1s", value_parser = parse_duration)]
     pub refresh_tick: Duration,
+    /// How often the background pass re-wraps data keys under the active master key (it also
+    /// runs once at start-up; 0 disables it).
+    #[arg(long, env = "TOKENVEND_REWRAP_INTERVAL", default_value = "1h", value_parser = parse_duration)]
+    pub rewrap_interval: Duration,
     /// At most this many background renewals at once.
     #[arg(long, env = "TOKENVEND_REFRESH_CONCURRENCY", default_value = "8")]
     pub refresh_concurrency: usize,

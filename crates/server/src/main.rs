@@ -21,6 +21,13 @@ async fn main() -> std::process::ExitCode {
             }
             Err(e) => Err(e),
         },
+        Command::Rewrap(db) => match telemetry::init(LogFormat::Human, "info") {
+            Ok(()) => {
+                panic::install_hook();
+                app::rewrap(db).await
+            }
+            Err(e) => Err(e),
+        },
         Command::Migrate(db) => match telemetry::init(LogFormat::Human, "info") {
             Ok(()) => {
                 panic::install_hook();

@@ -9,8 +9,8 @@ use tokenvend_core::{
     ids::{ConnectionKey, ProviderId, TenantId},
     store::{
         AttemptMark, ConnectionRecord, DataKeyStore, GrantRecord, GrantStatus, Lease, LeaseEnd,
-        LeaseWrite, PendingAuthorization, Published, RecentFailure, Store, StoreError, StoreEvent,
-        TenantRecord, TokenRecord, WrappedDek,
+        LeaseWrite, MasterKeyUse, PendingAuthorization, Published, RecentFailure, Store,
+        StoreError, StoreEvent, TenantRecord, TokenRecord, WrappedDek,
     },
 };
 use uuid::Uuid;
@@ -192,15 +192,81 @@ impl DataKeyStore for SqlStore {
                 args![id],
             )
             .await?;
-        row.map(|r| {
-            Ok(WrappedDek {
-                id: r.uuid("id")?,
-                master_key_id: r.text("master_key_id")?,
-                wrapped: r.bytes("wrapped")?,
-            })
-        })
-        .transpose()
+        row.as_deref().map(wrapped_dek).transpose()
     }
+
+    async fn master_key_uses(&self) -> Result<Vec<MasterKeyUse>, StoreError> {
+        let rows = self
+            .db
+            .pool()
+            .fetch_all(
+                "SELECT master_key_id, COUNT(*) AS data_keys FROM data_keys \
+                 GROUP BY master_key_id ORDER BY master_key_id",
+                vec![],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(MasterKeyUse {
+                    master_key_id: r.text("master_key_id")?,
+                    data_keys: u64::try_from(r.int("data_keys")?).unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+
+    async fn data_keys_not_wrapped_by(
+        &self,
+        master_key_id: &str,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<WrappedDek>, StoreError> {
+        // The nil UUID sorts first: "after nothing".
+        let rows = self
+            .db
+            .pool()
+            .fetch_all(
+                "SELECT id, master_key_id, wrapped FROM data_keys \
+                 WHERE master_key_id <> $1 AND id > $2 ORDER BY id LIMIT $3",
+                args![
+                    master_key_id,
+                    after.unwrap_or(Uuid::nil()),
+                    i64::from(limit)
+                ],
+            )
+            .await?;
+        rows.iter().map(|r| wrapped_dek(r.as_ref())).collect()
+    }
+
+    async fn rewrap_data_key(
+        &self,
+        from_master_key_id: &str,
+        dek: &WrappedDek,
+    ) -> Result<bool, StoreError> {
+        let done = self
+            .db
+            .pool()
+            .execute(
+                "UPDATE data_keys SET master_key_id = $3, wrapped = $4 \
+                 WHERE id = $1 AND master_key_id = $2",
+                args![
+                    dek.id,
+                    from_master_key_id,
+                    dek.master_key_id.as_str(),
+                    dek.wrapped.as_slice()
+                ],
+            )
+            .await?;
+        Ok(done == 1)
+    }
+}
+
+fn wrapped_dek(r: &dyn Row) -> Result<WrappedDek, StoreError> {
+    Ok(WrappedDek {
+        id: r.uuid("id")?,
+        master_key_id: r.text("master_key_id")?,
+        wrapped: r.bytes("wrapped")?,
+    })
 }
 
 #[async_trait]

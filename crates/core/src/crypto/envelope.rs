@@ -25,7 +25,7 @@ use dashmap::DashMap;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
-use super::{CryptoError, KeyRing};
+use super::{CryptoError, KeyRing, keyring::MasterKey};
 use crate::store::{DataKeyStore, WrappedDek};
 
 const FORMAT_V1: u8 = 1;
@@ -169,25 +169,8 @@ impl Envelope {
         let id = Uuid::now_v7();
         let key = Key::<Aes256Gcm>::generate();
         let master = self.ring.active();
-        let nonce = Nonce::generate();
-        let wrapped = master
-            .cipher
-            .encrypt(
-                &nonce,
-                Payload {
-                    msg: key.as_slice(),
-                    aad: &dek_aad(id, &master.id),
-                },
-            )
-            .map_err(|_| CryptoError::Encrypt)?;
-        let mut blob = nonce.to_vec();
-        blob.extend_from_slice(&wrapped);
         self.store
-            .insert_data_key(&WrappedDek {
-                id,
-                master_key_id: master.id.clone(),
-                wrapped: blob,
-            })
+            .insert_data_key(&wrap(master, id, key.as_slice())?)
             .await
             .map_err(|e| CryptoError::Store(e.to_string()))?;
         let cipher = Arc::new(Aes256Gcm::new(&key));
@@ -219,6 +202,16 @@ impl Envelope {
             .await
             .map_err(|e| CryptoError::Store(e.to_string()))?
             .ok_or(CryptoError::UnknownDek(id))?;
+        let key = self.unwrap(&stored)?;
+        let cipher = Arc::new(Aes256Gcm::new_from_slice(&key).map_err(|_| CryptoError::Malformed)?);
+        self.deks.insert(id, cipher.clone());
+        Ok(cipher)
+    }
+}
+
+impl Envelope {
+    /// A stored data key, unwrapped by the master key that wrapped it.
+    fn unwrap(&self, stored: &WrappedDek) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
         let master = self
             .ring
             .get(&stored.master_key_id)
@@ -228,22 +221,120 @@ impl Envelope {
         }
         let (nonce, sealed) = stored.wrapped.split_at(NONCE_LEN);
         let nonce = Nonce::try_from(nonce).map_err(|_| CryptoError::Malformed)?;
-        let key = Zeroizing::new(
+        Ok(Zeroizing::new(
             master
                 .cipher
                 .decrypt(
                     &nonce,
                     Payload {
                         msg: sealed,
-                        aad: &dek_aad(id, &master.id),
+                        aad: &dek_aad(stored.id, &master.id),
                     },
                 )
                 .map_err(|_| CryptoError::Decrypt)?,
-        );
-        let cipher = Arc::new(Aes256Gcm::new_from_slice(&key).map_err(|_| CryptoError::Malformed)?);
-        self.deks.insert(id, cipher.clone());
-        Ok(cipher)
+        ))
     }
+
+    /// Refuses a ring that lacks a master key still wrapping stored data keys: every
+    /// secret under those keys would fail to decrypt. Says which keys and how many.
+    pub async fn check_ring(&self) -> Result<(), CryptoError> {
+        let uses = self
+            .store
+            .master_key_uses()
+            .await
+            .map_err(|e| CryptoError::Store(e.to_string()))?;
+        let missing: Vec<String> = uses
+            .iter()
+            .filter(|u| u.data_keys > 0 && self.ring.get(&u.master_key_id).is_none())
+            .map(|u| {
+                format!(
+                    "{:?} still wraps {} data key(s)",
+                    u.master_key_id, u.data_keys
+                )
+            })
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(CryptoError::MasterKeysMissing(missing.join(", ")))
+        }
+    }
+
+    /// Re-wraps every data key under the active master key, `batch` at a time: online (each
+    /// key is one conditional update; the data key itself, and so every ciphertext and every
+    /// cached key, stays the same), resumable (what is done stays done), safe to run on
+    /// several replicas at once (a key another run re-wrapped first is skipped).
+    pub async fn rewrap(&self, batch: u32) -> Result<Rewrapped, CryptoError> {
+        let store = |e: crate::store::StoreError| CryptoError::Store(e.to_string());
+        let active = self.ring.active();
+        let mut done = Rewrapped::default();
+        let mut after = None;
+        loop {
+            let page = self
+                .store
+                .data_keys_not_wrapped_by(&active.id, after, batch.max(1))
+                .await
+                .map_err(store)?;
+            let Some(last) = page.last() else {
+                return Ok(done);
+            };
+            after = Some(last.id);
+            for stored in &page {
+                let key = match self.unwrap(stored) {
+                    Ok(k) => k,
+                    Err(e) => {
+                        tracing::warn!(dek_id = %stored.id, master_key_id = %stored.master_key_id, error = %e, "cannot re-wrap a data key: its master key is not usable");
+                        done.unreadable += 1;
+                        continue;
+                    }
+                };
+                let rewrapped = wrap(active, stored.id, &key)?;
+                if self
+                    .store
+                    .rewrap_data_key(&stored.master_key_id, &rewrapped)
+                    .await
+                    .map_err(store)?
+                {
+                    done.rewrapped += 1;
+                } else {
+                    done.raced += 1;
+                }
+            }
+        }
+    }
+}
+
+/// What a re-wrap pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rewrapped {
+    /// Data keys now wrapped by the active master key.
+    pub rewrapped: u64,
+    /// Data keys another pass re-wrapped (or changed) first.
+    pub raced: u64,
+    /// Data keys whose master key is not in the ring (or does not unwrap them).
+    pub unreadable: u64,
+}
+
+/// `key` (a data key) wrapped by `master`, bound to its id and the master key's id.
+fn wrap(master: &MasterKey, id: Uuid, key: &[u8]) -> Result<WrappedDek, CryptoError> {
+    let nonce = Nonce::generate();
+    let wrapped = master
+        .cipher
+        .encrypt(
+            &nonce,
+            Payload {
+                msg: key,
+                aad: &dek_aad(id, &master.id),
+            },
+        )
+        .map_err(|_| CryptoError::Encrypt)?;
+    let mut blob = nonce.to_vec();
+    blob.extend_from_slice(&wrapped);
+    Ok(WrappedDek {
+        id,
+        master_key_id: master.id.clone(),
+        wrapped: blob,
+    })
 }
 
 fn dek_aad(id: Uuid, master_key_id: &str) -> Vec<u8> {
@@ -259,7 +350,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::store::{DataKeyStore, StoreError};
+    use crate::store::{DataKeyStore, MasterKeyUse, StoreError};
 
     #[derive(Default)]
     struct MemDeks(Mutex<Vec<WrappedDek>>);
@@ -272,6 +363,46 @@ mod tests {
         }
         async fn get_data_key(&self, id: Uuid) -> Result<Option<WrappedDek>, StoreError> {
             Ok(self.0.lock().unwrap().iter().find(|d| d.id == id).cloned())
+        }
+        async fn master_key_uses(&self) -> Result<Vec<MasterKeyUse>, StoreError> {
+            let mut uses: Vec<MasterKeyUse> = Vec::new();
+            for d in self.0.lock().unwrap().iter() {
+                match uses.iter_mut().find(|u| u.master_key_id == d.master_key_id) {
+                    Some(u) => u.data_keys += 1,
+                    None => uses.push(MasterKeyUse {
+                        master_key_id: d.master_key_id.clone(),
+                        data_keys: 1,
+                    }),
+                }
+            }
+            Ok(uses)
+        }
+        async fn data_keys_not_wrapped_by(
+            &self,
+            master: &str,
+            after: Option<Uuid>,
+            limit: u32,
+        ) -> Result<Vec<WrappedDek>, StoreError> {
+            let mut v: Vec<WrappedDek> = (self.0.lock().unwrap().iter())
+                .filter(|d| d.master_key_id != master && Some(d.id) > after)
+                .cloned()
+                .collect();
+            v.sort_by_key(|d| d.id);
+            v.truncate(limit as usize);
+            Ok(v)
+        }
+        async fn rewrap_data_key(&self, from: &str, dek: &WrappedDek) -> Result<bool, StoreError> {
+            let mut all = self.0.lock().unwrap();
+            match all
+                .iter_mut()
+                .find(|d| d.id == dek.id && d.master_key_id == from)
+            {
+                Some(d) => {
+                    *d = dek.clone();
+                    Ok(true)
+                }
+                None => Ok(false),
+            }
         }
     }
 
@@ -360,6 +491,57 @@ mod tests {
             imposter.decrypt(aad(row), &ct).await,
             Err(CryptoError::Decrypt)
         ));
+    }
+
+    /// Rotation end to end: a new key first, re-wrap, then the old key can go — and until
+    /// the re-wrap, a ring without it is refused with the count of what it still wraps.
+    #[tokio::test]
+    async fn rewrap_lets_the_old_master_key_go() {
+        let store = Arc::new(MemDeks::default());
+        let old = KeyRing::generate_entry("old");
+        let new = KeyRing::generate_entry("new");
+        let env = Envelope::new(KeyRing::parse(&old).unwrap(), store.clone());
+        let row = Uuid::now_v7();
+        let ct = env.encrypt(aad(row), b"s3cret").await.unwrap();
+
+        let without = Envelope::new(KeyRing::parse(&new).unwrap(), store.clone());
+        match without.check_ring().await {
+            Err(CryptoError::MasterKeysMissing(m)) => {
+                assert!(m.contains("\"old\" still wraps 1 data key"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+
+        let both = Envelope::new(
+            KeyRing::parse(&format!("{},{}", *new, *old)).unwrap(),
+            store.clone(),
+        );
+        both.check_ring().await.unwrap();
+        // A key this process already unwrapped stays usable during and after the re-wrap.
+        assert_eq!(&*both.decrypt(aad(row), &ct).await.unwrap(), b"s3cret");
+        let done = both.rewrap(1).await.unwrap();
+        assert_eq!(
+            done,
+            Rewrapped {
+                rewrapped: 1,
+                raced: 0,
+                unreadable: 0
+            }
+        );
+        assert_eq!(
+            both.rewrap(1).await.unwrap(),
+            Rewrapped::default(),
+            "resumable: nothing left"
+        );
+        assert_eq!(&*both.decrypt(aad(row), &ct).await.unwrap(), b"s3cret");
+
+        // Now the old key can go: the check passes and the old ciphertext still decrypts.
+        let only_new = Envelope::new(KeyRing::parse(&new).unwrap(), store.clone());
+        only_new.check_ring().await.unwrap();
+        assert_eq!(&*only_new.decrypt(aad(row), &ct).await.unwrap(), b"s3cret");
+        // A stale re-wrap (from a master key the row no longer has) changes nothing.
+        let stale = store.0.lock().unwrap()[0].clone();
+        assert!(!store.rewrap_data_key("old", &stale).await.unwrap());
     }
 
     #[tokio::test]

@@ -7,7 +7,7 @@
 mod envelope;
 mod keyring;
 
-pub use envelope::{Aad, Envelope};
+pub use envelope::{Aad, Envelope, Rewrapped};
 pub use keyring::{KeyRing, MasterKey};
 
 /// Why a ciphertext could not be produced or opened. Deliberately coarse: an attacker
@@ -28,4 +28,8 @@ pub enum CryptoError {
     Encrypt,
     #[error("data key storage failed: {0}")]
     Store(String),
+    #[error(
+        "TOKENVEND_MASTER_KEYS lacks master keys that still wrap stored data: {0}; put them back (after the active key) and run `tokenvend rewrap` before removing them"
+    )]
+    MasterKeysMissing(String),
 }

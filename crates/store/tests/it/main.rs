@@ -70,6 +70,7 @@ both!(
     a_refresh_never_writes_over_a_revoked_or_reauthorized_grant,
     changes_announce_themselves_in_their_transaction,
     a_late_result_landing_after_takeover_stops_the_new_attempt,
+    data_keys_are_counted_paged_and_rewrapped_once,
 );
 
 fn at(s: i64) -> OffsetDateTime {
@@ -1211,5 +1212,54 @@ async fn a_late_result_landing_after_takeover_stops_the_new_attempt(s: Arc<dyn S
             .unwrap()
             .is_none(),
         "B's attempt is refused: the attempt it saw has finished"
+    );
+}
+
+async fn data_keys_are_counted_paged_and_rewrapped_once(s: Arc<dyn Store>) {
+    use tokenvend_core::store::MasterKeyUse;
+    let dek = |master: &str| WrappedDek {
+        id: Uuid::now_v7(),
+        master_key_id: master.into(),
+        wrapped: vec![1, 2, 3],
+    };
+    let (a, b, c) = (dek("k1"), dek("k1"), dek("k2"));
+    for d in [&a, &b, &c] {
+        s.insert_data_key(d).await.unwrap();
+    }
+    let uses = |k: &str, n: u64| MasterKeyUse {
+        master_key_id: k.into(),
+        data_keys: n,
+    };
+    assert_eq!(
+        s.master_key_uses().await.unwrap(),
+        [uses("k1", 2), uses("k2", 1)]
+    );
+    let ids = |v: Vec<WrappedDek>| v.into_iter().map(|d| d.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s.data_keys_not_wrapped_by("k2", None, 10).await.unwrap()),
+        [a.id, b.id]
+    );
+    assert_eq!(
+        ids(s
+            .data_keys_not_wrapped_by("k2", Some(a.id), 10)
+            .await
+            .unwrap()),
+        [b.id],
+        "pages by id"
+    );
+    let rewrapped = WrappedDek {
+        master_key_id: "k2".into(),
+        wrapped: vec![9],
+        ..a.clone()
+    };
+    assert!(s.rewrap_data_key("k1", &rewrapped).await.unwrap());
+    assert!(
+        !s.rewrap_data_key("k1", &rewrapped).await.unwrap(),
+        "a second pass finds it done"
+    );
+    assert_eq!(s.get_data_key(a.id).await.unwrap().unwrap().wrapped, [9]);
+    assert_eq!(
+        s.master_key_uses().await.unwrap(),
+        [uses("k1", 1), uses("k2", 2)]
     );
 }
