@@ -185,8 +185,20 @@ async fn migrate_command_and_json_logs() {
     // `tokenvend migrate` brings a database up to date and exits.
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/m.db", dir.path().display());
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokenvend"))
+    // Secrets never as flags (they would show in `ps`): the database URL is refused there…
+    let flag = std::process::Command::new(env!("CARGO_BIN_EXE_tokenvend"))
         .args(["migrate", "--database-url", &url])
+        .output()
+        .unwrap();
+    assert!(!flag.status.success());
+    assert!(!dir.path().join("m.db").exists());
+    // …and read from a file named by TOKENVEND_DATABASE_URL_FILE (a mounted Secret).
+    let url_file = dir.path().join("database-url");
+    std::fs::write(&url_file, format!("{url}\n")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokenvend"))
+        .arg("migrate")
+        .env_clear()
+        .env("TOKENVEND_DATABASE_URL_FILE", &url_file)
         .output()
         .unwrap();
     assert!(
@@ -195,6 +207,19 @@ async fn migrate_command_and_json_logs() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(dir.path().join("m.db").exists());
+    // Both at once is ambiguous: refused, naming both.
+    let both = std::process::Command::new(env!("CARGO_BIN_EXE_tokenvend"))
+        .arg("migrate")
+        .env_clear()
+        .env("TOKENVEND_DATABASE_URL", &url)
+        .env("TOKENVEND_DATABASE_URL_FILE", &url_file)
+        .output()
+        .unwrap();
+    assert!(!both.status.success());
+    assert!(
+        String::from_utf8_lossy(&both.stderr)
+            .contains("set TOKENVEND_DATABASE_URL or TOKENVEND_DATABASE_URL_FILE, not both")
+    );
     // PostgreSQL without a master key is refused: secrets must not get a development key.
     let pg = PgCluster::shared().fresh_database();
     let stderr = refused_start(&[("TOKENVEND_DATABASE_URL", &pg)]);

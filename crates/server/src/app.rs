@@ -4,6 +4,7 @@
 use std::{path::Path, sync::Arc};
 
 use anyhow::{Context, Result, bail};
+use secrecy::ExposeSecret;
 use tokenvend_core::{
     Deps,
     admin::Admin,
@@ -42,7 +43,7 @@ const LEASE_RELEASE_BUDGET: std::time::Duration = std::time::Duration::from_secs
 /// kept in the data directory (generated on first start, with a loud warning).
 pub fn load_key_ring(db: &DbArgs) -> Result<KeyRing> {
     if let Some(spec) = &db.master_keys {
-        return KeyRing::parse(spec).context("TOKENVEND_MASTER_KEYS");
+        return KeyRing::parse(spec.expose_secret()).context("TOKENVEND_MASTER_KEYS");
     }
     if !db.is_embedded() {
         bail!(
@@ -81,7 +82,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
     if let Some(k) = &args.bootstrap_admin_key {
-        if k.len() < MIN_BOOTSTRAP_KEY_LEN {
+        if k.expose_secret().len() < MIN_BOOTSTRAP_KEY_LEN {
             bail!(
                 "TOKENVEND_BOOTSTRAP_ADMIN_KEY must be at least {MIN_BOOTSTRAP_KEY_LEN} characters"
             );
@@ -179,7 +180,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     ));
     let admin = Arc::new(Admin::new(deps, policy, grants.clone()));
 
-    let auth = ApiKeyAuth::new(args.bootstrap_admin_key.as_deref());
+    let auth = ApiKeyAuth::new(args.bootstrap_admin_key.as_ref().map(|k| k.expose_secret()));
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tokenvend_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

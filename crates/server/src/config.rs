@@ -4,12 +4,14 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use secrecy::{ExposeSecret, SecretString};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "tokenvend",
     version,
-    about = "Multi-tenant OAuth 2.0 token-vending service"
+    about = "Multi-tenant OAuth 2.0 token-vending service",
+    after_help = SECRET_SETTINGS_HELP
 )]
 pub struct Cli {
     /// A file of `TOKENVEND_*=value` lines (dotenv syntax). Real environment variables and
@@ -61,23 +63,84 @@ pub enum Command {
     },
 }
 
-#[derive(Debug, Clone, Args)]
+/// Settings that hold secrets are read from the environment (or from a file named by the
+/// same variable with `_FILE` appended, for Kubernetes Secrets mounted as files), never from
+/// flags: a flag's value shows in `ps` to every user of the machine.
+pub const SECRET_SETTINGS_HELP: &str = "Secret settings are environment-only (never flags, they \
+would show in `ps`), each also readable from a file named by VARIABLE_FILE: \
+TOKENVEND_DATABASE_URL (`sqlite://…` or `postgres://…`; unset: SQLite in the data directory), \
+TOKENVEND_MASTER_KEYS (key ring `id:<base64 of 32 bytes>,…`, the first active), \
+TOKENVEND_BOOTSTRAP_ADMIN_KEY (an API key accepted as an administrator, for first set-up).";
+
+#[derive(Clone, Args)]
 pub struct DbArgs {
-    /// `sqlite://…` or `postgres://…`; unset: SQLite in the data directory.
-    #[arg(long, env = "TOKENVEND_DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    /// From TOKENVEND_DATABASE_URL(_FILE): see `SECRET_SETTINGS_HELP`.
+    #[arg(skip)]
+    pub database_url: Option<SecretString>,
     /// Where the embedded SQLite database and development master key live.
     #[arg(long, env = "TOKENVEND_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
-    /// Master key ring: `id:<base64 of 32 bytes>,…`; the first wraps new data keys.
-    #[arg(long, env = "TOKENVEND_MASTER_KEYS", hide_env_values = true)]
-    pub master_keys: Option<String>,
+    /// From TOKENVEND_MASTER_KEYS(_FILE).
+    #[arg(skip)]
+    pub master_keys: Option<SecretString>,
+}
+
+impl std::fmt::Debug for DbArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbArgs")
+            .field("data_dir", &self.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A secret setting from `name` or the file named by `name_FILE` (one of them, not both).
+/// Errors name the variable and the file, never the value.
+pub fn secret_setting(name: &str) -> Result<Option<SecretString>, String> {
+    let file_var = format!("{name}_FILE");
+    let direct = std::env::var(name).ok().filter(|v| !v.is_empty());
+    let file = std::env::var(&file_var).ok().filter(|v| !v.is_empty());
+    match (direct, file) {
+        (Some(_), Some(_)) => Err(format!("set {name} or {file_var}, not both")),
+        (Some(v), None) => Ok(Some(SecretString::from(v))),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("{file_var}: cannot read {path}: {e}"))?;
+            let value = text.trim_end_matches(['\n', '\r']).to_owned();
+            if value.is_empty() {
+                return Err(format!("{file_var}: {path} is empty"));
+            }
+            Ok(Some(SecretString::from(value)))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+impl Command {
+    /// Reads the secret settings the command needs (see `secret_setting`).
+    pub fn load_secrets(&mut self) -> Result<(), String> {
+        match self {
+            Command::Serve(args) => {
+                args.db.load_secrets()?;
+                args.bootstrap_admin_key = secret_setting("TOKENVEND_BOOTSTRAP_ADMIN_KEY")?;
+            }
+            Command::Migrate(db) | Command::Rewrap(db) => db.load_secrets()?,
+            Command::Keygen { .. } => {}
+        }
+        Ok(())
+    }
 }
 
 impl DbArgs {
+    fn load_secrets(&mut self) -> Result<(), String> {
+        self.database_url = secret_setting("TOKENVEND_DATABASE_URL")?;
+        self.master_keys = secret_setting("TOKENVEND_MASTER_KEYS")?;
+        Ok(())
+    }
+
     pub fn url(&self) -> String {
         self.database_url
-            .clone()
+            .as_ref()
+            .map(|u| u.expose_secret().to_owned())
             .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("tokenvend.db").display()))
     }
 
@@ -105,9 +168,9 @@ pub struct ServeArgs {
     pub public_url: Option<url::Url>,
     #[command(flatten)]
     pub db: DbArgs,
-    /// An API key accepted as an administrator (at least 16 characters).
-    #[arg(long, env = "TOKENVEND_BOOTSTRAP_ADMIN_KEY", hide_env_values = true)]
-    pub bootstrap_admin_key: Option<String>,
+    /// From TOKENVEND_BOOTSTRAP_ADMIN_KEY(_FILE): see `SECRET_SETTINGS_HELP`.
+    #[arg(skip)]
+    pub bootstrap_admin_key: Option<SecretString>,
     /// Development only: allow http:// and loopback/private provider URLs.
     #[arg(long, env = "TOKENVEND_ALLOW_INSECURE_ENDPOINTS", default_value = "false", value_parser = parse_bool)]
     pub allow_insecure_endpoints: bool,

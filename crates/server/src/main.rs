@@ -12,7 +12,11 @@ async fn main() -> std::process::ExitCode {
         eprintln!("tokenvend: {e}");
         return std::process::ExitCode::FAILURE;
     }
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Err(e) = cli.command.load_secrets() {
+        eprintln!("tokenvend: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Serve(args) => match telemetry::init(args.log_format, &args.log) {
             Ok(()) => {
