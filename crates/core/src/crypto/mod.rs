@@ -1,8 +1,8 @@
 //! Encryption at rest: AES-256-GCM envelope encryption. Master keys (the key ring, from
 //! configuration) wrap data keys (DEKs, stored wrapped in the database); DEKs encrypt the
-//! secrets. A new master key wraps the data keys made from then on; the old key stays in the
-//! ring for the data keys it wrapped (re-wrapping them under the new key is a later step,
-//! and touches only the data keys, never every secret).
+//! secrets. A new master key wraps the data keys made from then on; `Envelope::rewrap` then
+//! re-wraps the older data keys under it — the data keys only, never every secret — after
+//! which the old master key can leave the ring.
 
 mod envelope;
 mod keyring;
