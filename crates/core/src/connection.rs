@@ -312,10 +312,9 @@ pub(crate) fn client_credentials_request<'a>(
 mod tests {
     use super::*;
 
+    /// Production's policy (the default): https and public addresses only.
     fn strict() -> EndpointPolicy {
-        EndpointPolicy {
-            allow_insecure: false,
-        }
+        EndpointPolicy::default()
     }
 
     #[test]

@@ -141,10 +141,9 @@ fn is_internal_v6(v6: Ipv6Addr) -> bool {
 mod tests {
     use super::*;
 
+    /// Production's policy (the default): https and public addresses only.
     fn strict() -> EndpointPolicy {
-        EndpointPolicy {
-            allow_insecure: false,
-        }
+        EndpointPolicy::default()
     }
 
     #[test]
