@@ -13,7 +13,7 @@ use crate::{
     clock::Clock,
     connection::{
         ConnectionSettings, Effective, client_credentials_request, effective_of,
-        load_connection_of, missing,
+        load_connection_of, missing, stored_settings,
     },
     crypto::Envelope,
     endpoint::EndpointPolicy,
@@ -418,8 +418,7 @@ impl Admin {
     }
 
     fn to_view(&self, record: ConnectionRecord) -> Result<ConnectionView> {
-        let settings: ConnectionSettings = serde_json::from_str(&record.settings)
-            .map_err(|e| StoreError::Corrupt(format!("connection {} settings: {e}", record.id)))?;
+        let settings = stored_settings(&record)?;
         // Stored settings were valid when written; show them even if the policy changed since.
         let effective = settings
             .resolve(EndpointPolicy {
@@ -460,9 +459,7 @@ fn check_destination_kept(old: &ConnectionRecord, new: &ConnectionSettings) -> R
         (None, Some(_)) => "api_key",
         (None, None) => return Ok(()),
     };
-    let stored: ConnectionSettings = serde_json::from_str(&old.settings)
-        .map_err(|e| StoreError::Corrupt(format!("connection {} settings: {e}", old.id)))?;
-    match stored.destination_change(new) {
+    match stored_settings(old)?.destination_change(new) {
         None => Ok(()),
         Some(field) => Err(InvalidInput::new(
             field,

@@ -263,12 +263,16 @@ pub(crate) async fn load_connection_of(
     }
 }
 
+/// The settings `conn` was stored with (JSON in the row).
+pub(crate) fn stored_settings(conn: &ConnectionRecord) -> Result<ConnectionSettings, StoreError> {
+    serde_json::from_str(&conn.settings)
+        .map_err(|e| StoreError::Corrupt(format!("connection {} settings: {e}", conn.id)))
+}
+
 /// The stored settings of `conn` resolved under `policy`: re-checked on every use, so a
 /// stricter policy applies to existing connections too.
 pub(crate) fn effective_of(conn: &ConnectionRecord, policy: EndpointPolicy) -> Result<Effective> {
-    let settings: ConnectionSettings = serde_json::from_str(&conn.settings)
-        .map_err(|e| StoreError::Corrupt(format!("connection {} settings: {e}", conn.id)))?;
-    settings
+    stored_settings(conn)?
         .resolve(policy)
         .map_err(|e| Error::ConnectionInvalid {
             tenant: conn.tenant.to_string(),

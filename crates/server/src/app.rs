@@ -98,13 +98,14 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             "TOKENVEND_ALLOW_INSECURE_ENDPOINTS=true: http:// and internal provider URLs are allowed (development only)"
         );
     }
+    let policy = EndpointPolicy {
+        allow_insecure: args.allow_insecure_endpoints,
+    };
     let vendor_config = VendorConfig {
         default_min_ttl: args.default_min_ttl,
         max_wait: args.max_wait,
         invalidate_min_interval: args.invalidate_min_interval,
-        policy: EndpointPolicy {
-            allow_insecure: args.allow_insecure_endpoints,
-        },
+        policy,
         lease_ttl: args.lease_ttl,
         request_timeout: args.provider_timeout,
         negative_ttl: args.negative_cache_ttl,
@@ -129,9 +130,6 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let store = tokenvend_store::open(&args.db.url(), true)
         .await
         .context("opening the database")?;
-    let policy = EndpointPolicy {
-        allow_insecure: args.allow_insecure_endpoints,
-    };
     let envelope = Arc::new(Envelope::new(ring, store.clone()));
     // A ring that lacks a master key still wrapping data would fail every decryption of it.
     envelope.check_ring().await?;

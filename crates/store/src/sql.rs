@@ -6,11 +6,12 @@
 use async_trait::async_trait;
 use time::OffsetDateTime;
 use tokenvend_core::{
+    events::Notifier,
     ids::{ConnectionKey, ProviderId, TenantId},
     store::{
         AttemptMark, ConnectionRecord, DataKeyStore, GrantRecord, GrantStatus, Lease, LeaseEnd,
         LeaseWrite, MasterKeyUse, PendingAuthorization, Published, RecentFailure, Store,
-        StoreError, StoreEvent, TenantRecord, TokenRecord, WrappedDek,
+        StoreError, TenantRecord, TokenRecord, WrappedDek,
     },
 };
 use uuid::Uuid;
@@ -156,16 +157,6 @@ async fn commit_if_any(
     tx.notify(event).await?;
     tx.commit().await?;
     Ok(true)
-}
-
-fn changed(origin: &str, tenant: &TenantId, provider: String) -> Published {
-    Published {
-        origin: origin.to_owned(),
-        event: StoreEvent::ConnectionChanged {
-            tenant: tenant.to_string(),
-            provider,
-        },
-    }
 }
 
 #[async_trait]
@@ -338,9 +329,16 @@ impl Store for SqlStore {
             .await?;
         tx.execute("DELETE FROM tenants WHERE id = $1", args![id])
             .await?;
+        // Announced as the domain announces any connection change (`Notifier`).
+        let notifier = Notifier::new(origin);
         for row in gone {
-            tx.notify(&changed(origin, slug, row.text("provider")?))
-                .await?;
+            let provider = ProviderId::parse(row.text("provider")?)
+                .map_err(|e| corrupt("provider slug", e))?;
+            let key = ConnectionKey {
+                tenant: slug.clone(),
+                provider,
+            };
+            tx.notify(&notifier.connection_changed(&key)).await?;
         }
         tx.commit().await?;
         Ok(true)

@@ -171,8 +171,7 @@ impl Envelope {
         let master = self.ring.active();
         self.store
             .insert_data_key(&wrap(master, id, key.as_slice())?)
-            .await
-            .map_err(|e| CryptoError::Store(e.to_string()))?;
+            .await?;
         let cipher = Arc::new(Aes256Gcm::new(&key));
         self.deks.insert(id, cipher.clone());
         let dek = Arc::new(ActiveDek {
@@ -199,8 +198,7 @@ impl Envelope {
         let stored = self
             .store
             .get_data_key(id)
-            .await
-            .map_err(|e| CryptoError::Store(e.to_string()))?
+            .await?
             .ok_or(CryptoError::UnknownDek(id))?;
         let key = self.unwrap(&stored)?;
         let cipher = Arc::new(Aes256Gcm::new_from_slice(&key).map_err(|_| CryptoError::Malformed)?);
@@ -238,11 +236,7 @@ impl Envelope {
     /// Refuses a ring that lacks a master key still wrapping stored data keys: every
     /// secret under those keys would fail to decrypt. Says which keys and how many.
     pub async fn check_ring(&self) -> Result<(), CryptoError> {
-        let uses = self
-            .store
-            .master_key_uses()
-            .await
-            .map_err(|e| CryptoError::Store(e.to_string()))?;
+        let uses = self.store.master_key_uses().await?;
         let missing: Vec<String> = uses
             .iter()
             .filter(|u| u.data_keys > 0 && self.ring.get(&u.master_key_id).is_none())
@@ -265,7 +259,6 @@ impl Envelope {
     /// cached key, stays the same), resumable (what is done stays done), safe to run on
     /// several replicas at once (a key another run re-wrapped first is skipped).
     pub async fn rewrap(&self, batch: u32) -> Result<Rewrapped, CryptoError> {
-        let store = |e: crate::store::StoreError| CryptoError::Store(e.to_string());
         let active = self.ring.active();
         let mut done = Rewrapped::default();
         let mut after = None;
@@ -273,8 +266,7 @@ impl Envelope {
             let page = self
                 .store
                 .data_keys_not_wrapped_by(&active.id, after, batch.max(1))
-                .await
-                .map_err(store)?;
+                .await?;
             let Some(last) = page.last() else {
                 return Ok(done);
             };
@@ -292,8 +284,7 @@ impl Envelope {
                 if self
                     .store
                     .rewrap_data_key(&stored.master_key_id, &rewrapped)
-                    .await
-                    .map_err(store)?
+                    .await?
                 {
                     done.rewrapped += 1;
                 } else {

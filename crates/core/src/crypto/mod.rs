@@ -8,6 +8,12 @@ mod envelope;
 mod keyring;
 
 pub use envelope::{Aad, Envelope, Rewrapped};
+
+impl From<crate::store::StoreError> for CryptoError {
+    fn from(e: crate::store::StoreError) -> Self {
+        CryptoError::Store(e.to_string())
+    }
+}
 pub use keyring::{KeyRing, MasterKey};
 
 /// Why a ciphertext could not be produced or opened. Deliberately coarse: an attacker
