@@ -312,6 +312,38 @@ pub(crate) fn client_credentials_request<'a>(
     }
 }
 
+/// How an end user's grant (code exchange, refresh, revocation) authenticates the client.
+pub(crate) fn user_grant_credentials<'a>(
+    effective: &'a Effective,
+    secret: &'a SecretString,
+) -> ClientCredentials<'a> {
+    ClientCredentials {
+        auth: effective.user_grant_client_auth,
+        client_id: &effective.client_id,
+        client_secret: secret,
+    }
+}
+
+/// A token request of an end user's `grant` (code or refresh token) for `scopes`: never an
+/// audience, the connection's extra parameters.
+pub(crate) fn user_grant_request<'a>(
+    effective: &'a Effective,
+    token_url: &'a url::Url,
+    secret: &'a SecretString,
+    grant: Grant<'a>,
+    scopes: &'a [String],
+) -> TokenRequest<'a> {
+    TokenRequest {
+        token_url,
+        credentials: user_grant_credentials(effective, secret),
+        grant,
+        scopes,
+        audience: None,
+        extra_params: &effective.extra_params,
+        default_expires_in: effective.default_expires_in,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,14 +17,17 @@ use crate::{
     Deps,
     cache::TokenCache,
     clock::Clock,
-    connection::{Effective, check_scopes, effective_of, load_connection_of, missing},
+    connection::{
+        Effective, check_scopes, effective_of, load_connection_of, missing, user_grant_credentials,
+        user_grant_request,
+    },
     crypto::{Aad, Envelope},
     endpoint::EndpointPolicy,
     error::{Error, Result},
     events::Notifier,
     ids::{ConnectionKey, ProviderId, Subject, TenantId, TokenKey},
     input::InvalidInput,
-    oauth::{ClientCredentials, Grant, TokenClient, TokenRequest, pkce},
+    oauth::{Grant, TokenClient, pkce},
     paging::{Page, PageRequest},
     secrets::{client_secret_of, grant_aad, token_record},
     store::{ConnectionRecord, GrantRecord, GrantStatus, PendingAuthorization, Store, StoreError},
@@ -252,23 +255,17 @@ impl Grants {
         let sent_at = self.clock.now();
         let response = self
             .client
-            .fetch(&TokenRequest {
+            .fetch(&user_grant_request(
+                &effective,
                 token_url,
-                credentials: ClientCredentials {
-                    auth: effective.user_grant_client_auth,
-                    client_id: &effective.client_id,
-                    client_secret: &client_secret,
-                },
-                grant: Grant::AuthorizationCode {
+                &client_secret,
+                Grant::AuthorizationCode {
                     code,
                     code_verifier: &verifier,
                     redirect_uri: &pending.redirect_uri,
                 },
-                scopes: &pending.scopes,
-                audience: None,
-                extra_params: &effective.extra_params,
-                default_expires_in: effective.default_expires_in,
-            })
+                &pending.scopes,
+            ))
             .await?;
 
         let subject = Subject::parse(pending.subject.clone())?;
@@ -411,11 +408,7 @@ impl Grants {
                     .decrypt_string(grant_aad(grant.id), rt_ct)
                     .await?;
                 let secret = client_secret_of(&self.envelope, conn).await?;
-                let credentials = ClientCredentials {
-                    auth: effective.user_grant_client_auth,
-                    client_id: &effective.client_id,
-                    client_secret: &secret,
-                };
+                let credentials = user_grant_credentials(&effective, &secret);
                 Some(self.client.revoke(url, &credentials, &rt).await)
             }
             _ => None,

@@ -36,12 +36,13 @@ use crate::{
     config::VendorConfig,
     connection::{
         Effective, client_credentials_request, effective_of, load_connection_of, missing,
+        user_grant_request,
     },
     crypto::Envelope,
     error::{Error, Result},
     events::{Notifier, Waiters},
     ids::TokenKey,
-    oauth::{ClientCredentials, Grant, ProviderError, TokenClient, TokenRequest, TokenResponse},
+    oauth::{Grant, ProviderError, TokenClient, TokenResponse},
     secrets::{client_secret_of, connection_aad, grant_aad, token_aad, token_record},
     store::{
         ConnectionRecord, GrantRecord, GrantStatus, GrantWrite, Lease, LeaseEnd, LeaseWrite, Store,
@@ -474,19 +475,13 @@ impl Held<'_> {
             .into());
         }
         let sent_at = inner.clock.now();
-        let request = TokenRequest {
+        let request = user_grant_request(
+            effective,
             token_url,
-            credentials: ClientCredentials {
-                auth: effective.user_grant_client_auth,
-                client_id: &effective.client_id,
-                client_secret: &client_secret,
-            },
-            grant: Grant::RefreshToken(&refresh_token),
-            scopes: &grant.scopes,
-            audience: None,
-            extra_params: &effective.extra_params,
-            default_expires_in: effective.default_expires_in,
-        };
+            &client_secret,
+            Grant::RefreshToken(&refresh_token),
+            &grant.scopes,
+        );
         // Bounded by the attempt's deadline (less a margin) as well as by the request
         // timeout: whatever the client does before sending (a proxy's target check
         // resolves DNS), the request must be over before another replica may resolve it.
