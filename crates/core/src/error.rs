@@ -13,6 +13,26 @@ pub enum Error {
     TenantNotFound(String),
     #[error("connection {provider:?} of tenant {tenant:?} not found")]
     ConnectionNotFound { tenant: String, provider: String },
+    /// No API key (or certificate) the caller can be recognised by.
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    /// The caller is known but may not do this. Decided before anything is looked up.
+    #[error("{0}")]
+    PermissionDenied(&'static str),
+    #[error("principal {0:?} not found")]
+    PrincipalNotFound(String),
+    #[error("principal {0:?} (or its certificate identity) already exists")]
+    PrincipalExists(String),
+    #[error("API key {0:?} not found")]
+    ApiKeyNotFound(String),
+    #[error(
+        "principal {principal:?} has no permission on provider {provider:?} of tenant {tenant:?}"
+    )]
+    PermissionNotFound {
+        principal: String,
+        tenant: String,
+        provider: String,
+    },
     #[error("tenant {0:?} already exists")]
     TenantExists(String),
     #[error(

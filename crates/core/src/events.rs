@@ -50,6 +50,11 @@ impl Notifier {
         })
     }
 
+    /// A principal, API key or permission changed.
+    pub fn access_changed(&self) -> Published {
+        self.event(StoreEvent::AccessChanged)
+    }
+
     pub fn token_invalidated(&self, key: &TokenKey) -> Published {
         self.event(StoreEvent::TokenInvalidated {
             tenant: key.tenant.to_string(),
@@ -149,6 +154,8 @@ pub async fn apply_events(
                     cache.retire_connection(&ConnectionKey { tenant, provider });
                 }
             }
+            // The authorization decision follows these itself (`access::Authorizer::follow`).
+            StoreEvent::AccessChanged => {}
             StoreEvent::Resync => {
                 // Anything may have changed unseen: reload from the store on the next use.
                 cache.retire_all();

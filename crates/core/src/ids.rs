@@ -68,6 +68,12 @@ slug_type!(
     "provider"
 );
 
+slug_type!(
+    /// A calling service (or operator) that authenticates with API keys, e.g. `billing`.
+    PrincipalId,
+    "principal"
+);
+
 /// The end user of an authorization-code grant; `""` means the connection's own client
 /// credentials. Stored NOT NULL so (connection, subject) stays a unique key in both databases.
 #[derive(Clone, PartialEq, Eq, Hash, Default)]

@@ -3,7 +3,9 @@
 //!
 //! Start reading at [`vend::Vendor::get_token`].
 
+pub mod access;
 pub mod admin;
+pub mod audit;
 pub mod cache;
 pub mod catalog;
 pub mod clock;

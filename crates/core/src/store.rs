@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::ids::{ConnectionKey, TenantId};
+use crate::ids::{ConnectionKey, PrincipalId, ProviderId, TenantId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -272,6 +272,8 @@ pub enum StoreEvent {
     },
     /// A connection (or its tenant) changed or was deleted: drop its tokens from memory.
     ConnectionChanged { tenant: String, provider: String },
+    /// A principal, API key or permission changed: reload the authorization decision.
+    AccessChanged,
     /// The event stream was interrupted (listener reconnected): anything may have been
     /// missed, so memory must be re-validated.
     Resync,
@@ -331,8 +333,209 @@ pub trait DataKeyStore: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
 }
 
+/// What a principal may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Everything: administration and tokens of every tenant.
+    Admin,
+    /// `TokenService` only, for the (tenant, provider) pairs it was granted.
+    Caller,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Caller => "caller",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "admin" => Some(Role::Admin),
+            "caller" => Some(Role::Caller),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrincipalRecord {
+    pub id: Uuid,
+    pub name: PrincipalId,
+    pub role: Role,
+    pub description: String,
+    /// A verified client certificate naming this (subject CN or SAN) authenticates as the
+    /// principal.
+    pub certificate_identity: Option<String>,
+    pub created_at: OffsetDateTime,
+}
+
+/// An API key as stored: its id (the public part of the key) and the SHA-256 of the whole
+/// key, never the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    pub key_id: String,
+    pub principal: PrincipalId,
+    pub key_sha256: Vec<u8>,
+    pub created_at: OffsetDateTime,
+    pub expires_at: Option<OffsetDateTime>,
+    pub last_used_at: Option<OffsetDateTime>,
+}
+
+impl std::fmt::Debug for ApiKeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeyRecord")
+            .field("key_id", &self.key_id)
+            .field("principal", &self.principal)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which providers of a tenant a permission covers.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ProviderScope {
+    /// `*`: every provider of the tenant, present and future.
+    Any,
+    One(ProviderId),
+}
+
+impl ProviderScope {
+    pub fn parse(value: impl Into<String>) -> Result<Self, crate::input::InvalidInput> {
+        let value = value.into();
+        if value == "*" {
+            Ok(ProviderScope::Any)
+        } else {
+            ProviderId::parse(value).map(ProviderScope::One)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            ProviderScope::Any => "*",
+            ProviderScope::One(p) => p.as_str(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PermissionRecord {
+    pub principal: PrincipalId,
+    pub tenant: TenantId,
+    pub provider: ProviderScope,
+}
+
+/// Everything the in-memory authorization decision is built from.
+#[derive(Clone, Debug, Default)]
+pub struct AccessRecords {
+    pub principals: Vec<PrincipalRecord>,
+    pub api_keys: Vec<ApiKeyRecord>,
+    pub permissions: Vec<PermissionRecord>,
+}
+
+/// One audit log entry. Never holds a secret: names, the RPC, the outcome and the peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// Time-ordered (UUID v7): the listing's order and page key.
+    pub id: Uuid,
+    pub time: OffsetDateTime,
+    pub principal: String,
+    pub action: String,
+    pub tenant: String,
+    pub provider: String,
+    pub subject: String,
+    pub outcome: String,
+    pub peer: String,
+}
+
+/// Callers, their keys and permissions, and the audit log. Every change publishes its
+/// event in the same transaction, so every replica reloads its decision.
 #[async_trait]
-pub trait Store: DataKeyStore {
+pub trait AccessStore: Send + Sync + 'static {
+    /// `AlreadyExists` when the name (or the certificate identity) is taken.
+    async fn create_principal(
+        &self,
+        principal: &PrincipalRecord,
+        notify: &Published,
+    ) -> Result<(), StoreError>;
+    async fn get_principal(
+        &self,
+        name: &PrincipalId,
+    ) -> Result<Option<PrincipalRecord>, StoreError>;
+    /// Principals ordered by name, strictly after `after`.
+    async fn list_principals(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<PrincipalRecord>, StoreError>;
+    /// Deletes the principal with its keys and permissions. None if absent, else how many
+    /// API keys went with it.
+    async fn delete_principal(
+        &self,
+        name: &PrincipalId,
+        notify: &Published,
+    ) -> Result<Option<u64>, StoreError>;
+    /// `MissingParent` when the principal is gone, `AlreadyExists` on a key id collision.
+    async fn insert_api_key(
+        &self,
+        key: &ApiKeyRecord,
+        notify: &Published,
+    ) -> Result<(), StoreError>;
+    /// A principal's keys ordered by key id, strictly after `after`.
+    async fn list_api_keys(
+        &self,
+        principal: &PrincipalId,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ApiKeyRecord>, StoreError>;
+    /// False if absent.
+    async fn delete_api_key(&self, key_id: &str, notify: &Published) -> Result<bool, StoreError>;
+    /// Records when keys were last used (only moving forward): a batch, not a write per call.
+    async fn touch_api_keys(&self, used: &[(String, OffsetDateTime)]) -> Result<(), StoreError>;
+    /// Idempotent. `MissingParent` when the principal or the tenant does not exist.
+    async fn put_permission(
+        &self,
+        permission: &PermissionRecord,
+        notify: &Published,
+    ) -> Result<(), StoreError>;
+    /// False if absent.
+    async fn delete_permission(
+        &self,
+        permission: &PermissionRecord,
+        notify: &Published,
+    ) -> Result<bool, StoreError>;
+    /// Permissions ordered by (principal, tenant, provider), strictly after `after`, with
+    /// optional filters.
+    async fn list_permissions(
+        &self,
+        principal: Option<&PrincipalId>,
+        tenant: Option<&TenantId>,
+        after: Option<&PermissionRecord>,
+        limit: u32,
+    ) -> Result<Vec<PermissionRecord>, StoreError>;
+    /// Every principal, key and permission (a few thousand rows at most).
+    async fn load_access(&self) -> Result<AccessRecords, StoreError>;
+
+    async fn insert_audit_events(&self, events: &[AuditRecord]) -> Result<(), StoreError>;
+    /// Newest first, strictly older than `before`, with optional filters.
+    async fn list_audit_events(
+        &self,
+        tenant: Option<&str>,
+        principal: Option<&str>,
+        before: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>, StoreError>;
+    /// Deletes at most `limit` events older than `before`. Returns how many.
+    async fn purge_audit_events(
+        &self,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> Result<u64, StoreError>;
+}
+
+#[async_trait]
+pub trait Store: DataKeyStore + AccessStore {
     /// Cheap round trip for readiness probes.
     async fn ping(&self) -> Result<(), StoreError>;
 

@@ -4,11 +4,12 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use crate::{
-    ids::{ConnectionKey, TenantId},
+    ids::{ConnectionKey, PrincipalId, TenantId},
     store::{
-        ConnectionRecord, DataKeyStore, GrantRecord, GrantStatus, Lease, LeaseEnd, LeaseWrite,
-        PendingAuthorization, Published, RecentFailure, Store, StoreError, TenantRecord,
-        TokenRecord, WrappedDek,
+        AccessRecords, ApiKeyRecord, AuditRecord, ConnectionRecord, DataKeyStore, GrantRecord,
+        GrantStatus, Lease, LeaseEnd, LeaseWrite, PendingAuthorization, PermissionRecord,
+        PrincipalRecord, Published, RecentFailure, Store, StoreError, TenantRecord, TokenRecord,
+        WrappedDek,
     },
 };
 
@@ -36,6 +37,84 @@ impl DataKeyStore for UnreachableStore {
         unreachable!("the store must not be used here")
     }
     async fn rewrap_data_key(&self, _: &str, _: &WrappedDek) -> Result<bool, StoreError> {
+        unreachable!("the store must not be used here")
+    }
+}
+
+#[async_trait]
+impl crate::store::AccessStore for UnreachableStore {
+    async fn create_principal(&self, _: &PrincipalRecord, _: &Published) -> Result<(), StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    async fn get_principal(&self, _: &PrincipalId) -> Result<Option<PrincipalRecord>, StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    async fn list_principals(
+        &self,
+        _: Option<&str>,
+        _: u32,
+    ) -> Result<Vec<PrincipalRecord>, StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    async fn delete_principal(
+        &self,
+        _: &PrincipalId,
+        _: &Published,
+    ) -> Result<Option<u64>, StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    async fn insert_api_key(&self, _: &ApiKeyRecord, _: &Published) -> Result<(), StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    async fn list_api_keys(
+        &self,
+        _: &PrincipalId,
+        _: Option<&str>,
+        _: u32,
+    ) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    async fn delete_api_key(&self, _: &str, _: &Published) -> Result<bool, StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    async fn touch_api_keys(&self, _: &[(String, time::OffsetDateTime)]) -> Result<(), StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    async fn put_permission(&self, _: &PermissionRecord, _: &Published) -> Result<(), StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    async fn delete_permission(
+        &self,
+        _: &PermissionRecord,
+        _: &Published,
+    ) -> Result<bool, StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    async fn list_permissions(
+        &self,
+        _: Option<&PrincipalId>,
+        _: Option<&TenantId>,
+        _: Option<&PermissionRecord>,
+        _: u32,
+    ) -> Result<Vec<PermissionRecord>, StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    async fn load_access(&self) -> Result<AccessRecords, StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    async fn insert_audit_events(&self, _: &[AuditRecord]) -> Result<(), StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    async fn list_audit_events(
+        &self,
+        _: Option<&str>,
+        _: Option<&str>,
+        _: Option<Uuid>,
+        _: u32,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        unreachable!("the store must not be used here")
+    }
+    async fn purge_audit_events(&self, _: time::OffsetDateTime, _: u32) -> Result<u64, StoreError> {
         unreachable!("the store must not be used here")
     }
 }

@@ -56,6 +56,33 @@ pub fn to_status(err: &Error) -> Status {
         e @ Error::GrantNotFound { .. } => {
             rich(Code::NotFound, e.to_string(), "GRANT_NOT_FOUND", none())
         }
+        e @ Error::Unauthenticated(_) => rich(
+            Code::Unauthenticated,
+            e.to_string(),
+            "UNAUTHENTICATED",
+            none(),
+        ),
+        e @ Error::PermissionDenied(_) => rich(
+            Code::PermissionDenied,
+            e.to_string(),
+            "PERMISSION_DENIED",
+            none(),
+        ),
+        e @ Error::PrincipalNotFound(_) => {
+            rich(Code::NotFound, e.to_string(), "PRINCIPAL_NOT_FOUND", none())
+        }
+        e @ Error::ApiKeyNotFound(_) => {
+            rich(Code::NotFound, e.to_string(), "API_KEY_NOT_FOUND", none())
+        }
+        e @ Error::PermissionNotFound { .. } => rich(
+            Code::NotFound,
+            e.to_string(),
+            "PERMISSION_NOT_FOUND",
+            none(),
+        ),
+        e @ Error::PrincipalExists(_) => {
+            rich(Code::AlreadyExists, e.to_string(), "ALREADY_EXISTS", none())
+        }
         e @ Error::TenantExists(_) => {
             rich(Code::AlreadyExists, e.to_string(), "ALREADY_EXISTS", none())
         }

@@ -2,6 +2,7 @@
 //! replicas, shared state) and SQLite for the embedded default (one process). The SQL lives
 //! here and nowhere else; both adapters pass the same test suite (`tests/it`).
 
+mod access;
 mod dialect;
 mod postgres;
 mod sql;

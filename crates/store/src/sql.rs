@@ -23,7 +23,7 @@ use crate::{
 
 /// A `Store` over one database, through its dialect.
 pub struct SqlStore {
-    db: Box<dyn Db>,
+    pub(crate) db: Box<dyn Db>,
 }
 
 impl SqlStore {
@@ -327,10 +327,17 @@ impl Store for SqlStore {
                 args![id],
             )
             .await?;
+        // Its permissions go by cascade: callers must hear about that too.
+        let permissions = tx
+            .execute("DELETE FROM permissions WHERE tenant_id = $1", args![id])
+            .await?;
         tx.execute("DELETE FROM tenants WHERE id = $1", args![id])
             .await?;
         // Announced as the domain announces any connection change (`Notifier`).
         let notifier = Notifier::new(origin);
+        if permissions > 0 {
+            tx.notify(&notifier.access_changed()).await?;
+        }
         for row in gone {
             let provider = ProviderId::parse(row.text("provider")?)
                 .map_err(|e| corrupt("provider slug", e))?;

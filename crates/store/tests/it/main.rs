@@ -1,7 +1,11 @@
 //! One suite, two backends: every test runs against a real PostgreSQL server started by the
 //! harness and against SQLite, through the public `Store` port only.
 
+mod access;
+
 use std::sync::Arc;
+
+use access::*;
 
 use secrecy::SecretString;
 use time::{Duration, OffsetDateTime, macros::datetime};
@@ -71,6 +75,8 @@ both!(
     changes_announce_themselves_in_their_transaction,
     a_late_result_landing_after_takeover_stops_the_new_attempt,
     data_keys_are_counted_paged_and_rewrapped_once,
+    callers_keys_and_permissions_reach_the_decision,
+    audit_events_are_listed_newest_first_filtered_and_purged,
 );
 
 fn at(s: i64) -> OffsetDateTime {

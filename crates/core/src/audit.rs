@@ -1,0 +1,172 @@
+//! The audit log: every administrative change and every refused call, with who, what, on
+//! which tenant/provider/subject, the outcome and the peer — never a secret or a token.
+//!
+//! Each event is one structured log line (target `audit`) at once and a row in the
+//! database soon after: a background writer inserts them in batches, so a refused call
+//! never waits for the database and a flood of refused calls cannot become a flood of
+//! transactions. Changes wait for room in the queue (never dropped); refusals are dropped
+//! when it is full, counted, and the count logged.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::{
+    clock::Clock,
+    store::{AuditRecord, Store},
+};
+
+/// Queued events before refusals start being dropped.
+const QUEUE: usize = 10_000;
+/// Rows per insert.
+const BATCH: usize = 200;
+/// Rows per purge statement.
+const PURGE_BATCH: u32 = 10_000;
+
+/// What happened, before it is stamped with an id and a time.
+#[derive(Clone, Debug, Default)]
+pub struct AuditEntry {
+    pub principal: String,
+    pub action: String,
+    pub tenant: String,
+    pub provider: String,
+    pub subject: String,
+    pub outcome: &'static str,
+    pub peer: String,
+}
+
+#[derive(Clone)]
+pub struct Auditor {
+    tx: mpsc::Sender<AuditRecord>,
+    clock: Arc<dyn Clock>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Auditor {
+    /// The auditor and its writer, to be spawned.
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+    ) -> (Self, impl Future<Output = ()> + Send + 'static) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let writer = write(store, rx, dropped.clone());
+        (Self { tx, clock, dropped }, writer)
+    }
+
+    fn stamp(&self, e: AuditEntry) -> AuditRecord {
+        let time = self.clock.now();
+        let record = AuditRecord {
+            id: v7(time),
+            time,
+            principal: e.principal,
+            action: e.action,
+            tenant: e.tenant,
+            provider: e.provider,
+            subject: e.subject,
+            outcome: e.outcome.to_owned(),
+            peer: e.peer,
+        };
+        tracing::info!(
+            target: "audit",
+            principal = %record.principal,
+            action = %record.action,
+            tenant = %record.tenant,
+            provider = %record.provider,
+            subject = %record.subject,
+            outcome = %record.outcome,
+            peer = %record.peer,
+            "audit"
+        );
+        record
+    }
+
+    /// An administrative change: waits for room in the queue rather than lose it.
+    pub async fn change(&self, e: AuditEntry) {
+        let record = self.stamp(e);
+        if self.tx.send(record).await.is_err() {
+            tracing::error!(target: "audit", "the audit writer has stopped; event kept in the log line only");
+        }
+    }
+
+    /// A refused call: never waits; dropped (and counted) when the queue is full.
+    pub fn refusal(&self, e: AuditEntry) {
+        let record = self.stamp(e);
+        if self.tx.try_send(record).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A UUID v7 from our clock, so ids sort as the events' times do (the listing's order).
+fn v7(time: OffsetDateTime) -> Uuid {
+    let nanos = time.unix_timestamp_nanos().max(0) as u128;
+    let ts = uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        (nanos / 1_000_000_000) as u64,
+        (nanos % 1_000_000_000) as u32,
+    );
+    Uuid::new_v7(ts)
+}
+
+async fn write(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::Receiver<AuditRecord>,
+    dropped: Arc<AtomicU64>,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        let n = dropped.swap(0, Ordering::Relaxed);
+        if n > 0 {
+            tracing::warn!(target: "audit", dropped = n, "audit queue full: {n} refused calls were logged but not stored");
+        }
+        if let Err(e) = store.insert_audit_events(&batch).await {
+            // Each event already has its log line; the rows are lost with this batch.
+            tracing::error!(target: "audit", error = %e, events = batch.len(), "could not store audit events");
+        }
+        batch.clear();
+    }
+}
+
+/// Deletes events older than `retention`, every `every`, until the process ends.
+pub async fn purge(
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    retention: Duration,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let Ok(keep) = time::Duration::try_from(retention) else {
+            return;
+        };
+        let before = clock.now() - keep;
+        let mut total = 0u64;
+        loop {
+            match store.purge_audit_events(before, PURGE_BATCH).await {
+                Ok(n) => {
+                    total += n;
+                    if n < u64::from(PURGE_BATCH) {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not purge old audit events; retrying later");
+                    break;
+                }
+            }
+        }
+        if total > 0 {
+            tracing::info!(events = total, "purged audit events past their retention");
+        }
+    }
+}
