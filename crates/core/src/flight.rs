@@ -139,6 +139,11 @@ where
         }
     }
 
+    /// Whether a fetch for `key` is running (a new caller would join it).
+    pub fn is_running(&self, key: &K) -> bool {
+        self.inflight.contains_key(key)
+    }
+
     pub fn in_flight(&self) -> usize {
         self.inflight.len()
     }

@@ -60,21 +60,10 @@ impl Vendor {
         min_ttl: Option<Duration>,
         wait: Option<Duration>,
     ) -> Result<Arc<CachedToken>> {
-        let min_ttl = min_ttl
-            .filter(|d| !d.is_zero())
-            .unwrap_or(self.inner.config.default_min_ttl)
-            .max(MIN_TTL_FLOOR);
-        // Hot path: one map read, one Arc clone, no await before the answer.
-        let now = self.inner.clock.now();
-        if let Some(token) = self.inner.cache.get(&key) {
-            token.touch(now);
-            if token.valid_for(now, min_ttl) {
-                return Ok(token);
-            }
-            if let Some(lifetime) = token.issued_lifetime.filter(|l| *l < min_ttl) {
-                return Err(unsatisfiable(min_ttl, lifetime));
-            }
+        if let Some(token) = self.cached(&key, min_ttl)? {
+            return Ok(token);
         }
+        let min_ttl = self.min_ttl(min_ttl);
         let wait = wait
             .unwrap_or(self.inner.config.max_wait)
             .min(self.inner.config.max_wait);
@@ -95,6 +84,42 @@ impl Vendor {
             }
         }
         unreachable!("the loop returns on its second pass")
+    }
+
+    fn min_ttl(&self, asked: Option<Duration>) -> Duration {
+        asked
+            .filter(|d| !d.is_zero())
+            .unwrap_or(self.inner.config.default_min_ttl)
+            .max(MIN_TTL_FLOOR)
+    }
+
+    /// The hot path alone: the cached token if it lives long enough, without waiting or
+    /// touching the store. `None` means `get_token` would have to fetch (callers use this
+    /// to apply limits to misses only).
+    pub fn cached(
+        &self,
+        key: &TokenKey,
+        min_ttl: Option<Duration>,
+    ) -> Result<Option<Arc<CachedToken>>> {
+        let min_ttl = self.min_ttl(min_ttl);
+        // One map read, one Arc clone, no await before the answer.
+        let now = self.inner.clock.now();
+        if let Some(token) = self.inner.cache.get(key) {
+            token.touch(now);
+            if token.valid_for(now, min_ttl) {
+                return Ok(Some(token));
+            }
+            if let Some(lifetime) = token.issued_lifetime.filter(|l| *l < min_ttl) {
+                return Err(unsatisfiable(min_ttl, lifetime));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether a caller missing the cache now would join a fetch already running for `key`
+    /// (and so cost nothing more), rather than start one.
+    pub fn is_fetching(&self, key: &TokenKey) -> bool {
+        self.flights.is_running(key)
     }
 
     async fn join_fetch(

@@ -7,7 +7,9 @@ use anyhow::{Context, Result, bail};
 use secrecy::ExposeSecret;
 use tokenvend_core::{
     Deps,
+    access::{Authorizer, Callers},
     admin::Admin,
+    audit::Auditor,
     cache::TokenCache,
     clock::SystemClock,
     config::{MIN_TTL_FLOOR, VendorConfig},
@@ -27,14 +29,21 @@ use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 
 use crate::{
-    auth::ApiKeyAuth,
+    auth::AuthLayer,
     config::{DbArgs, ServeArgs},
     grpc::{admin::AdminApi, token::TokenApi},
+    limits::{Limits, Rate, parse_overrides},
     shutdown::{self, Lifecycle, Outcome, Shutdown, Signals},
 };
 
 /// Shortest bootstrap key accepted: anything shorter is guessable.
 const MIN_BOOTSTRAP_KEY_LEN: usize = 16;
+
+/// API keys' last use is written this often (coarse on purpose: not a write per call).
+const LAST_USED_FLUSH: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Old audit events are purged this often.
+const AUDIT_PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// At most this long for releasing refresh leases at shutdown, after the drain.
 const LEASE_RELEASE_BUDGET: std::time::Duration = std::time::Duration::from_secs(3);
@@ -89,8 +98,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         }
     } else {
         tracing::warn!(
-            "TOKENVEND_BOOTSTRAP_ADMIN_KEY is not set: every call will be refused. Generate a key with \
-             `tokenvend keygen --api-key` and set it to administer this instance"
+            "TOKENVEND_BOOTSTRAP_ADMIN_KEY is not set: only principals' API keys are accepted. For a first \
+             set-up, generate a key with `tokenvend keygen --api-key`, set it, create an admin principal \
+             and its key, then unset it"
         );
     }
     if args.allow_insecure_endpoints {
@@ -176,9 +186,50 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             policy,
         },
     ));
-    let admin = Arc::new(Admin::new(deps, policy, grants.clone()));
+    let admin = Arc::new(Admin::new(deps.clone(), policy, grants.clone()));
 
-    let auth = ApiKeyAuth::new(args.bootstrap_admin_key.as_ref().map(|k| k.expose_secret()));
+    // Callers: the decision is loaded before the first call is accepted, then follows every
+    // replica's changes.
+    let authorizer = Arc::new(Authorizer::new(
+        args.bootstrap_admin_key.as_ref().map(|k| k.expose_secret()),
+        deps.clock.clone(),
+    ));
+    authorizer
+        .reload(store.as_ref())
+        .await
+        .context("loading callers and permissions")?;
+    tokio::spawn(
+        authorizer.clone().follow(
+            store.clone(),
+            args.access_reload_interval
+                .max(std::time::Duration::from_secs(1)),
+            LAST_USED_FLUSH,
+        ),
+    );
+    let (auditor, audit_writer) = Auditor::new(store.clone(), deps.clock.clone());
+    tokio::spawn(audit_writer);
+    if !args.audit_retention.is_zero() {
+        tokio::spawn(tokenvend_core::audit::purge(
+            store.clone(),
+            deps.clock.clone(),
+            args.audit_retention,
+            AUDIT_PURGE_EVERY,
+        ));
+    }
+    let limits = Arc::new(Limits::new(
+        Rate {
+            per_second: args.rate_limit,
+            burst: args.rate_limit_burst,
+        },
+        parse_overrides(&args.rate_limits)
+            .map_err(|e| anyhow::anyhow!("TOKENVEND_RATE_LIMITS: {e}"))?,
+    ));
+    let callers = Arc::new(Callers::new(
+        store.clone(),
+        notifier.clone(),
+        deps.clock.clone(),
+    ));
+    let auth = AuthLayer::new(authorizer, auditor.clone(), limits.clone());
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tokenvend_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -216,14 +267,17 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let grpc = tonic::transport::Server::builder()
         .layer(crate::panic::grpc_layer())
         .layer(lifecycle.grpc_layer())
-        .add_service(TokenServiceServer::with_interceptor(
-            TokenApi::new(vendor.clone()),
-            auth.clone(),
-        ))
-        .add_service(AdminServiceServer::with_interceptor(
-            AdminApi::new(admin, grants.clone()),
-            auth,
-        ))
+        .layer(auth)
+        .add_service(TokenServiceServer::new(TokenApi::new(
+            vendor.clone(),
+            auditor,
+            limits,
+        )))
+        .add_service(AdminServiceServer::new(AdminApi::new(
+            admin,
+            grants.clone(),
+            callers,
+        )))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

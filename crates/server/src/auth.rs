@@ -1,93 +1,323 @@
-//! Caller authentication: `authorization: Bearer <api key>` on every TokenService and
-//! AdminService call. Reflection and health are mounted without it so grpcurl can discover
-//! the API and probes need no key.
+//! Authentication and authorization of every TokenService and AdminService call, as a tower
+//! layer in front of the services: `authorization: Bearer <api key>` (or a verified client
+//! certificate bound to a principal) → principal → role check, all in memory
+//! (`access::Authorizer`), before a handler runs or anything is looked up. The finer check
+//! — may this caller get tokens of this (tenant, provider)? — needs the decoded request, so
+//! the token handlers make it first thing, through [`Caller`].
 //!
-//! For now the only key is `TOKENVEND_BOOTSTRAP_ADMIN_KEY`, compared in constant time
-//! against its SHA-256 (equal lengths, so the comparison time says nothing about the key).
+//! Reflection and health pass without a key, so grpcurl can discover the API and probes
+//! need none. Every refusal and every administrative change is audited here.
 
-use std::sync::Arc;
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+};
 
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
-use tonic::{Request, Status, service::Interceptor};
+use tokenvend_core::{
+    Error,
+    access::{Authorizer, Principal},
+    audit::{AuditEntry, Auditor},
+};
+use tonic::{Code, Status};
+use tower::{Layer, Service};
+
+use crate::{limits::Limits, status::to_status};
+
+const TOKEN_SERVICE: &str = "/tokenvend.v1.TokenService/";
+const ADMIN_SERVICE: &str = "/tokenvend.v1.AdminService/";
+
+/// Who is calling, for the handlers (request extension).
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub principal: Arc<Principal>,
+    pub peer: Option<SocketAddr>,
+}
+
+impl Caller {
+    /// The token handlers' check, before any lookup: the same refusal whether the tenant
+    /// exists or not. Refusals are audited.
+    pub fn may_get_token(
+        &self,
+        auditor: &Auditor,
+        action: &str,
+        tenant: &str,
+        provider: &str,
+        subject: &str,
+    ) -> Result<(), Status> {
+        if self.principal.may_get_token(tenant, provider) {
+            return Ok(());
+        }
+        auditor.refusal(AuditEntry {
+            principal: self.principal.name.to_string(),
+            action: action.to_owned(),
+            tenant: tenant.to_owned(),
+            provider: provider.to_owned(),
+            subject: subject.to_owned(),
+            outcome: code_name(Code::PermissionDenied),
+            peer: peer_text(self.peer),
+        });
+        Err(to_status(&Error::PermissionDenied(
+            "this caller may not get tokens of that tenant and provider",
+        )))
+    }
+}
+
+/// What an administrative change acted on, filled in by its handler (request extension)
+/// and read by the layer once the answer is known.
+#[derive(Clone, Default, Debug)]
+pub struct AuditTarget(Arc<Mutex<(String, String, String)>>);
+
+impl AuditTarget {
+    pub fn set(&self, tenant: &str, provider: &str, subject: &str) {
+        if let Ok(mut t) = self.0.lock() {
+            *t = (tenant.to_owned(), provider.to_owned(), subject.to_owned());
+        }
+    }
+}
+
+/// Records the target of an audited change, if the layer asked for one.
+pub fn audit_target<T>(req: &tonic::Request<T>, tenant: &str, provider: &str, subject: &str) {
+    if let Some(t) = req.extensions().get::<AuditTarget>() {
+        t.set(tenant, provider, subject);
+    }
+}
+
+/// Reads of AdminService: not audited (they change nothing), still admin-only.
+fn is_read(action: &str) -> bool {
+    action.starts_with("Get") || action.starts_with("List")
+}
+
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+fn peer_text(peer: Option<SocketAddr>) -> String {
+    peer.map(|p| p.to_string()).unwrap_or_default()
+}
+
+/// The remote address of a plaintext or TLS connection.
+fn peer_of<B>(req: &http::Request<B>) -> Option<SocketAddr> {
+    use tonic::transport::server::TcpConnectInfo;
+    req.extensions()
+        .get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+        .or_else(|| tls_peer(req))
+}
+
+/// Until TLS lands: no TLS connections, so no TLS peer and no certificate.
+fn tls_peer<B>(_req: &http::Request<B>) -> Option<SocketAddr> {
+    None
+}
+
+fn certificate_identities<B>(_req: &http::Request<B>) -> Vec<String> {
+    Vec::new()
+}
+
+/// The presented API key, or why the header is unusable.
+fn bearer<B>(req: &http::Request<B>) -> Result<Option<&str>, Error> {
+    let Some(value) = req.headers().get(http::header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(Some)
+        .ok_or(Error::Unauthenticated(
+            "authorization metadata must be `Bearer <api key>`",
+        ))
+}
 
 #[derive(Clone)]
-pub struct ApiKeyAuth {
-    bootstrap: Option<Arc<[u8; 32]>>,
+pub struct AuthLayer {
+    inner: Arc<Shared>,
 }
 
-impl std::fmt::Debug for ApiKeyAuth {
+struct Shared {
+    authorizer: Arc<Authorizer>,
+    auditor: Auditor,
+    limits: Arc<Limits>,
+}
+
+impl std::fmt::Debug for AuthLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiKeyAuth").finish_non_exhaustive()
+        f.debug_struct("AuthLayer").finish_non_exhaustive()
     }
 }
 
-fn digest(key: &str) -> [u8; 32] {
-    Sha256::digest(key.as_bytes()).into()
-}
-
-impl ApiKeyAuth {
-    pub fn new(bootstrap_key: Option<&str>) -> Self {
+impl AuthLayer {
+    pub fn new(authorizer: Arc<Authorizer>, auditor: Auditor, limits: Arc<Limits>) -> Self {
         Self {
-            bootstrap: bootstrap_key.map(|k| Arc::new(digest(k))),
-        }
-    }
-
-    fn check(&self, presented: Option<&str>) -> Result<(), Status> {
-        let Some(header) = presented else {
-            return Err(Status::unauthenticated(
-                "missing `authorization: Bearer <api key>` metadata",
-            ));
-        };
-        let Some(key) = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-        else {
-            return Err(Status::unauthenticated(
-                "authorization metadata must be `Bearer <api key>`",
-            ));
-        };
-        match &self.bootstrap {
-            Some(expected) if bool::from(digest(key).ct_eq(expected.as_ref())) => Ok(()),
-            _ => Err(Status::unauthenticated("unknown API key")),
+            inner: Arc::new(Shared {
+                authorizer,
+                auditor,
+                limits,
+            }),
         }
     }
 }
 
-impl Interceptor for ApiKeyAuth {
-    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
-        let header = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok());
-        self.check(header)?;
-        Ok(req)
+impl<S> Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+
+    fn layer(&self, inner: S) -> Auth<S> {
+        Auth {
+            inner,
+            shared: self.inner.clone(),
+        }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+#[derive(Clone)]
+pub struct Auth<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
 
-    #[test]
-    fn checks_keys() {
-        let auth = ApiKeyAuth::new(Some("correct-horse-battery"));
-        assert!(auth.check(Some("Bearer correct-horse-battery")).is_ok());
-        for bad in [
-            None,
-            Some(""),
-            Some("correct-horse-battery"),
-            Some("Bearer "),
-            Some("Bearer wrong"),
-            Some("Basic x"),
-        ] {
-            let err = auth.check(bad).unwrap_err();
-            assert_eq!(err.code(), tonic::Code::Unauthenticated, "{bad:?}");
-            assert!(!err.message().contains("correct-horse"), "{bad:?}");
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'static>>;
+
+impl Shared {
+    /// Who is calling: an API key if one is presented, else a verified client certificate
+    /// bound to a principal.
+    fn identify<B>(&self, req: &http::Request<B>) -> Result<Arc<Principal>, Error> {
+        if let Some(key) = bearer(req)? {
+            return self.authorizer.authenticate_key(key);
         }
-        let none = ApiKeyAuth::new(None);
-        assert!(none.check(Some("Bearer anything")).is_err());
+        let identities = certificate_identities(req);
+        if !identities.is_empty() {
+            return self.authorizer.authenticate_certificate(&identities).ok_or(
+                Error::Unauthenticated("the client certificate is not bound to a principal"),
+            );
+        }
+        Err(Error::Unauthenticated(
+            "missing `authorization: Bearer <api key>` metadata",
+        ))
+    }
+
+    fn refuse(
+        &self,
+        principal: &str,
+        action: &str,
+        peer: Option<SocketAddr>,
+        err: &Error,
+    ) -> Status {
+        let status = to_status(err);
+        self.auditor.refusal(AuditEntry {
+            principal: principal.to_owned(),
+            action: action.to_owned(),
+            outcome: code_name(status.code()),
+            peer: peer_text(peer),
+            ..Default::default()
+        });
+        status
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Auth<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Send,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = http::Response<ResBody>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
+        let path = req.uri().path();
+        let admin = path.starts_with(ADMIN_SERVICE);
+        if !admin && !path.starts_with(TOKEN_SERVICE) {
+            // Reflection, health, and unknown paths (answered UNIMPLEMENTED by tonic).
+            return Box::pin(self.inner.call(req));
+        }
+        let action: Arc<str> = path.rsplit('/').next().unwrap_or_default().into();
+        let shared = &self.shared;
+        let peer = peer_of(&req);
+        let answer = |status: Status| -> Self::Future {
+            Box::pin(std::future::ready(Ok(status.into_http::<ResBody>())))
+        };
+        let principal = match shared.identify(&req) {
+            Ok(p) => p,
+            Err(e) => return answer(shared.refuse("", &action, peer, &e)),
+        };
+        if admin {
+            if !principal.is_admin() {
+                let e = Error::PermissionDenied("AdminService needs a ROLE_ADMIN principal");
+                return answer(shared.refuse(principal.name.as_str(), &action, peer, &e));
+            }
+            if let Err(retry_after) = shared.limits.check(principal.name.as_str()) {
+                return answer(to_status(&Error::RateLimited {
+                    what: "this principal's rate limit is spent",
+                    retry_after,
+                }));
+            }
+        }
+        let audited = (admin && !is_read(&action)).then(AuditTarget::default);
+        if let Some(target) = &audited {
+            req.extensions_mut().insert(target.clone());
+        }
+        let name = principal.name.to_string();
+        req.extensions_mut().insert(Caller { principal, peer });
+        let future = self.inner.call(req);
+        let Some(target) = audited else {
+            return Box::pin(future);
+        };
+        let auditor = shared.auditor.clone();
+        Box::pin(async move {
+            let res = future.await?;
+            // A unary error answer is trailers-only: its status is in the headers. No
+            // grpc-status there means the call succeeded (the status trails the message).
+            let code = res
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i32>().ok())
+                .map_or(Code::Ok, Code::from_i32);
+            let (tenant, provider, subject) =
+                target.0.lock().map(|t| t.clone()).unwrap_or_default();
+            auditor
+                .change(AuditEntry {
+                    principal: name,
+                    action: action.to_string(),
+                    tenant,
+                    provider,
+                    subject,
+                    outcome: code_name(code),
+                    peer: peer_text(peer),
+                })
+                .await;
+            Ok(res)
+        })
     }
 }

@@ -203,6 +203,24 @@ pub struct ServeArgs {
     /// runs once at start-up; 0 disables it).
     #[arg(long, env = "TOKENVEND_REWRAP_INTERVAL", default_value = "1h", value_parser = parse_duration)]
     pub rewrap_interval: Duration,
+    /// Safety net for revocations: every replica reloads callers, keys and permissions this
+    /// often even if it missed a change notification (changes normally arrive at once).
+    #[arg(long, env = "TOKENVEND_ACCESS_RELOAD_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub access_reload_interval: Duration,
+    /// How long audit events are kept (default 90 days; 0 keeps them forever); older ones
+    /// are purged hourly.
+    #[arg(long, env = "TOKENVEND_AUDIT_RETENTION", default_value = "2160h", value_parser = parse_duration)]
+    pub audit_retention: Duration,
+    /// Per-principal limit on calls the cache cannot answer (TokenService misses and
+    /// InvalidateToken) and on AdminService calls, per second (0: unlimited).
+    #[arg(long, env = "TOKENVEND_RATE_LIMIT", default_value = "50")]
+    pub rate_limit: u32,
+    /// How many such calls a principal may make at once before the rate applies.
+    #[arg(long, env = "TOKENVEND_RATE_LIMIT_BURST", default_value = "200")]
+    pub rate_limit_burst: u32,
+    /// Per-principal overrides: `principal=rate[:burst],…` (rate 0: unlimited).
+    #[arg(long, env = "TOKENVEND_RATE_LIMITS", default_value = "")]
+    pub rate_limits: String,
     /// At most this many background renewals at once.
     #[arg(long, env = "TOKENVEND_REFRESH_CONCURRENCY", default_value = "8")]
     pub refresh_concurrency: usize,

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod config;
 pub mod grpc;
 pub mod http;
+pub mod limits;
 pub mod panic;
 pub mod shutdown;
 pub mod status;

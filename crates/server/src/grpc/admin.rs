@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use secrecy::{ExposeSecret, SecretString};
 use tokenvend_core::{
+    access::Callers,
     admin::{Admin, ConnectionView, PutConnection},
     catalog::ClientAuth,
     catalog::{TEMPLATES, Template},
@@ -25,16 +26,22 @@ use tokenvend_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use super::{invalid, status, timestamp};
+use super::{callers, invalid, status, timestamp};
+use crate::auth::{AuditTarget, audit_target};
 
 pub struct AdminApi {
     admin: Arc<Admin>,
     grants: Arc<Grants>,
+    callers: Arc<Callers>,
 }
 
 impl AdminApi {
-    pub fn new(admin: Arc<Admin>, grants: Arc<Grants>) -> Self {
-        Self { admin, grants }
+    pub fn new(admin: Arc<Admin>, grants: Arc<Grants>, callers: Arc<Callers>) -> Self {
+        Self {
+            admin,
+            grants,
+            callers,
+        }
     }
 }
 
@@ -177,6 +184,7 @@ impl AdminService for AdminApi {
         &self,
         req: Request<CreateTenantRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
+        audit_target(&req, &req.get_ref().tenant, "", "");
         let CreateTenantRequest {
             tenant,
             display_name,
@@ -231,6 +239,7 @@ impl AdminService for AdminApi {
         &self,
         req: Request<DeleteTenantRequest>,
     ) -> Result<Response<DeleteTenantResponse>, Status> {
+        audit_target(&req, &req.get_ref().tenant, "", "");
         let DeleteTenantRequest { tenant, force } = req.into_inner();
         let slug = TenantId::parse(tenant).map_err(invalid)?;
         let revoked = self
@@ -255,6 +264,7 @@ impl AdminService for AdminApi {
         &self,
         req: Request<PutConnectionRequest>,
     ) -> Result<Response<pb::Connection>, Status> {
+        audit_target(&req, &req.get_ref().tenant, &req.get_ref().provider, "");
         let PutConnectionRequest {
             tenant,
             provider,
@@ -342,6 +352,7 @@ impl AdminService for AdminApi {
         &self,
         req: Request<DeleteConnectionRequest>,
     ) -> Result<Response<DeleteConnectionResponse>, Status> {
+        audit_target(&req, &req.get_ref().tenant, &req.get_ref().provider, "");
         let DeleteConnectionRequest {
             tenant,
             provider,
@@ -380,6 +391,7 @@ impl AdminService for AdminApi {
         &self,
         req: Request<RotateClientSecretRequest>,
     ) -> Result<Response<pb::Connection>, Status> {
+        audit_target(&req, &req.get_ref().tenant, &req.get_ref().provider, "");
         let RotateClientSecretRequest {
             tenant,
             provider,
@@ -399,6 +411,12 @@ impl AdminService for AdminApi {
         &self,
         req: Request<StartAuthorizationRequest>,
     ) -> Result<Response<StartAuthorizationResponse>, Status> {
+        audit_target(
+            &req,
+            &req.get_ref().tenant,
+            &req.get_ref().provider,
+            &req.get_ref().subject,
+        );
         let StartAuthorizationRequest {
             tenant,
             provider,
@@ -424,8 +442,16 @@ impl AdminService for AdminApi {
         &self,
         req: Request<CompleteAuthorizationRequest>,
     ) -> Result<Response<pb::Grant>, Status> {
+        let target = req.extensions().get::<AuditTarget>().cloned();
         let CompleteAuthorizationRequest { state, code } = req.into_inner();
         let grant = self.grants.complete(&state, &code).await.map_err(status)?;
+        if let Some(t) = target {
+            t.set(
+                grant.tenant.as_str(),
+                grant.provider.as_str(),
+                &grant.record.subject,
+            );
+        }
         Ok(Response::new(grant_pb(grant)))
     }
 
@@ -480,6 +506,12 @@ impl AdminService for AdminApi {
         &self,
         req: Request<RevokeGrantRequest>,
     ) -> Result<Response<RevokeGrantResponse>, Status> {
+        audit_target(
+            &req,
+            &req.get_ref().tenant,
+            &req.get_ref().provider,
+            &req.get_ref().subject,
+        );
         let RevokeGrantRequest {
             tenant,
             provider,
@@ -497,5 +529,104 @@ impl AdminService for AdminApi {
             revoked_at_provider: revoked.at_provider > 0,
             warning: revoked.warning,
         }))
+    }
+
+    async fn create_principal(
+        &self,
+        req: Request<pb::CreatePrincipalRequest>,
+    ) -> Result<Response<pb::Principal>, Status> {
+        callers::create_principal(&self.callers, req)
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_principal(
+        &self,
+        req: Request<pb::GetPrincipalRequest>,
+    ) -> Result<Response<pb::Principal>, Status> {
+        callers::get_principal(&self.callers, req)
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_principals(
+        &self,
+        req: Request<pb::ListPrincipalsRequest>,
+    ) -> Result<Response<pb::ListPrincipalsResponse>, Status> {
+        callers::list_principals(&self.callers, req)
+            .await
+            .map(Response::new)
+    }
+
+    async fn delete_principal(
+        &self,
+        req: Request<pb::DeletePrincipalRequest>,
+    ) -> Result<Response<pb::DeletePrincipalResponse>, Status> {
+        callers::delete_principal(&self.callers, req)
+            .await
+            .map(Response::new)
+    }
+
+    async fn create_api_key(
+        &self,
+        req: Request<pb::CreateApiKeyRequest>,
+    ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
+        callers::create_api_key(&self.callers, req)
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_api_keys(
+        &self,
+        req: Request<pb::ListApiKeysRequest>,
+    ) -> Result<Response<pb::ListApiKeysResponse>, Status> {
+        callers::list_api_keys(&self.callers, req)
+            .await
+            .map(Response::new)
+    }
+
+    async fn revoke_api_key(
+        &self,
+        req: Request<pb::RevokeApiKeyRequest>,
+    ) -> Result<Response<pb::RevokeApiKeyResponse>, Status> {
+        callers::revoke_api_key(&self.callers, req)
+            .await
+            .map(Response::new)
+    }
+
+    async fn grant_permission(
+        &self,
+        req: Request<pb::GrantPermissionRequest>,
+    ) -> Result<Response<pb::Permission>, Status> {
+        callers::grant_permission(&self.callers, req)
+            .await
+            .map(Response::new)
+    }
+
+    async fn revoke_permission(
+        &self,
+        req: Request<pb::RevokePermissionRequest>,
+    ) -> Result<Response<pb::RevokePermissionResponse>, Status> {
+        callers::revoke_permission(&self.callers, req)
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_permissions(
+        &self,
+        req: Request<pb::ListPermissionsRequest>,
+    ) -> Result<Response<pb::ListPermissionsResponse>, Status> {
+        callers::list_permissions(&self.callers, req)
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_audit_events(
+        &self,
+        req: Request<pb::ListAuditEventsRequest>,
+    ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
+        callers::list_audit_events(&self.callers, req)
+            .await
+            .map(Response::new)
     }
 }

@@ -3,6 +3,7 @@
 //! silently.
 
 pub mod admin;
+pub mod callers;
 pub mod token;
 
 use std::time::Duration;

@@ -5,6 +5,7 @@ use std::{sync::Arc, time::Duration};
 use secrecy::ExposeSecret;
 use tokenvend_core::{
     InvalidInput,
+    audit::Auditor,
     ids::{ProviderId, Subject, TenantId, TokenKey},
     vend::Vendor,
 };
@@ -15,17 +16,57 @@ use tokenvend_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use super::{caller_wait, invalid, status, timestamp};
+use crate::{auth::Caller, limits::Limits};
 
 /// Upper bound for `min_ttl_seconds`: no provider issues tokens for longer than a year.
 const MAX_MIN_TTL_SECS: i64 = 366 * 86_400;
 
 pub struct TokenApi {
     vendor: Arc<Vendor>,
+    auditor: Auditor,
+    limits: Arc<Limits>,
 }
 
 impl TokenApi {
-    pub fn new(vendor: Arc<Vendor>) -> Self {
-        Self { vendor }
+    pub fn new(vendor: Arc<Vendor>, auditor: Auditor, limits: Arc<Limits>) -> Self {
+        Self {
+            vendor,
+            auditor,
+            limits,
+        }
+    }
+
+    /// The caller the auth layer put on the request, allowed on (tenant, provider) — checked
+    /// on the names as given, before anything is looked up.
+    fn authorize<T>(
+        &self,
+        req: &Request<T>,
+        action: &str,
+        tenant: &str,
+        provider: &str,
+        subject: &str,
+    ) -> Result<Caller, Status> {
+        let caller = req.extensions().get::<Caller>().cloned().ok_or_else(|| {
+            status(tokenvend_core::Error::Internal(
+                "no caller on the request: the auth layer is missing".into(),
+            ))
+        })?;
+        caller.may_get_token(&self.auditor, action, tenant, provider, subject)?;
+        Ok(caller)
+    }
+
+    /// Work the cache cannot answer (a fetch to start, an invalidation) is limited per
+    /// principal.
+    fn within_limit(&self, caller: &Caller) -> Result<(), Status> {
+        self.limits
+            .check(caller.principal.name.as_str())
+            .map_err(|retry_after| {
+                tracing::warn!(principal = %caller.principal.name, "rate limit reached; answering RESOURCE_EXHAUSTED");
+                status(tokenvend_core::Error::RateLimited {
+                    what: "this principal's rate limit for uncached token requests is spent",
+                    retry_after,
+                })
+            })
     }
 }
 
@@ -45,6 +86,8 @@ impl TokenService for TokenApi {
         req: Request<GetTokenRequest>,
     ) -> Result<Response<GetTokenResponse>, Status> {
         let wait = caller_wait(req.metadata());
+        let r = req.get_ref();
+        let caller = self.authorize(&req, "GetToken", &r.tenant, &r.provider, &r.subject)?;
         let GetTokenRequest {
             tenant,
             provider,
@@ -62,11 +105,20 @@ impl TokenService for TokenApi {
             }
             Some(n) => Some(Duration::from_secs(n as u64)),
         };
-        let token = self
-            .vendor
-            .get_token(key, min_ttl, wait)
-            .await
-            .map_err(status)?;
+        let token = match self.vendor.cached(&key, min_ttl).map_err(status)? {
+            Some(hit) => hit,
+            None => {
+                // Joining a fetch that is already running costs nothing more: only a caller
+                // that would start one spends its budget (so a cold stampede is not refused).
+                if !self.vendor.is_fetching(&key) {
+                    self.within_limit(&caller)?;
+                }
+                self.vendor
+                    .get_token(key, min_ttl, wait)
+                    .await
+                    .map_err(status)?
+            }
+        };
         Ok(Response::new(GetTokenResponse {
             access_token: token.access_token.expose_secret().to_owned(),
             token_type: "Bearer".to_owned(),
@@ -80,6 +132,9 @@ impl TokenService for TokenApi {
         &self,
         req: Request<InvalidateTokenRequest>,
     ) -> Result<Response<InvalidateTokenResponse>, Status> {
+        let r = req.get_ref();
+        let caller = self.authorize(&req, "InvalidateToken", &r.tenant, &r.provider, &r.subject)?;
+        self.within_limit(&caller)?;
         let InvalidateTokenRequest {
             tenant,
             provider,
