@@ -16,6 +16,7 @@ mod providers;
 mod proxy;
 mod reflection;
 mod rewrap;
+mod security;
 mod shutdown;
 mod stampede;
 mod walkthrough;
