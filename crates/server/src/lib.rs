@@ -10,3 +10,4 @@ pub mod panic;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;
+pub mod tls;
