@@ -34,6 +34,7 @@ use crate::{
     grpc::{admin::AdminApi, token::TokenApi},
     limits::{Limits, Rate, parse_overrides},
     shutdown::{self, Lifecycle, Outcome, Shutdown, Signals},
+    tls::TlsAcceptor,
 };
 
 /// Shortest bootstrap key accepted: anything shorter is guessable.
@@ -122,6 +123,20 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         ..VendorConfig::default()
     };
     check_timing(&vendor_config)?;
+    args.tls.validate()?;
+    let tls = if args.tls.enabled() {
+        let acceptor = TlsAcceptor::load(&args.tls)?;
+        tracing::info!(
+            client_certificates = args.tls.client_ca_file.is_some(),
+            "TLS on the gRPC port"
+        );
+        Some(acceptor)
+    } else {
+        tracing::warn!(
+            "the gRPC port is plaintext (development default): set TOKENVEND_TLS_CERT_FILE and TOKENVEND_TLS_KEY_FILE, or terminate TLS in front of it"
+        );
+        None
+    };
     let provider_proxy = args.provider_proxy()?;
     if let Some(proxy) = &provider_proxy {
         // The host only: a proxy URL may carry credentials.
@@ -280,11 +295,29 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         )))
         .add_service(health_service)
         .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(grpc_listener),
-            stop_accepting.clone().cancelled_owned(),
-        );
+        .add_service(reflection_v1alpha);
+    let grpc = {
+        let stop = stop_accepting.clone();
+        async move {
+            match tls {
+                Some(acceptor) => {
+                    let _reloader = acceptor.spawn_reloader(stop.clone());
+                    grpc.serve_with_incoming_shutdown(
+                        acceptor.incoming(grpc_listener),
+                        stop.cancelled_owned(),
+                    )
+                    .await
+                }
+                None => {
+                    grpc.serve_with_incoming_shutdown(
+                        TcpListenerStream::new(grpc_listener),
+                        stop.cancelled_owned(),
+                    )
+                    .await
+                }
+            }
+        }
+    };
     let router = crate::http::router(store, grants, lifecycle.clone())
         .layer(lifecycle.http_layer())
         .layer(crate::panic::http_layer());

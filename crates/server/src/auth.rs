@@ -125,13 +125,12 @@ fn peer_of<B>(req: &http::Request<B>) -> Option<SocketAddr> {
         .or_else(|| tls_peer(req))
 }
 
-/// Until TLS lands: no TLS connections, so no TLS peer and no certificate.
-fn tls_peer<B>(_req: &http::Request<B>) -> Option<SocketAddr> {
-    None
-}
-
-fn certificate_identities<B>(_req: &http::Request<B>) -> Vec<String> {
-    Vec::new()
+/// The remote address of a TLS connection.
+fn tls_peer<B>(req: &http::Request<B>) -> Option<SocketAddr> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    req.extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(|i| i.get_ref().remote_addr())
 }
 
 /// The presented API key, or why the header is unusable.
@@ -209,7 +208,7 @@ impl Shared {
         if let Some(key) = bearer(req)? {
             return self.authorizer.authenticate_key(key);
         }
-        let identities = certificate_identities(req);
+        let identities = crate::tls::peer_identities(req);
         if !identities.is_empty() {
             return self.authorizer.authenticate_certificate(&identities).ok_or(
                 Error::Unauthenticated("the client certificate is not bound to a principal"),

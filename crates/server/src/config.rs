@@ -168,6 +168,8 @@ pub struct ServeArgs {
     pub public_url: Option<url::Url>,
     #[command(flatten)]
     pub db: DbArgs,
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
     /// From TOKENVEND_BOOTSTRAP_ADMIN_KEY(_FILE): see `SECRET_SETTINGS_HELP`.
     #[arg(skip)]
     pub bootstrap_admin_key: Option<SecretString>,
