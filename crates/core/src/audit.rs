@@ -30,6 +30,10 @@ const QUEUE: usize = 10_000;
 const BATCH: usize = 200;
 /// Rows per purge statement.
 const PURGE_BATCH: u32 = 10_000;
+/// Log lines for refusals per second; beyond, they are counted and the count logged, so a
+/// scan with bad keys cannot flood the logs (the rows are still stored while the queue has
+/// room).
+const REFUSAL_LINES_PER_SECOND: u64 = 20;
 
 /// What happened, before it is stamped with an id and a time.
 #[derive(Clone, Debug, Default)]
@@ -48,6 +52,34 @@ pub struct Auditor {
     tx: mpsc::Sender<AuditRecord>,
     clock: Arc<dyn Clock>,
     dropped: Arc<AtomicU64>,
+    lines: Arc<LineBudget>,
+}
+
+/// Refusal log lines in the current second, and those suppressed since the last summary.
+#[derive(Default)]
+struct LineBudget {
+    second: AtomicU64,
+    used: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl LineBudget {
+    fn take(&self, now: OffsetDateTime) -> bool {
+        let second = now.unix_timestamp().max(0) as u64;
+        if self.second.swap(second, Ordering::Relaxed) != second {
+            self.used.store(0, Ordering::Relaxed);
+            let n = self.suppressed.swap(0, Ordering::Relaxed);
+            if n > 0 {
+                tracing::warn!(target: "audit", suppressed = n, "{n} refused calls were not logged one by one (too many); they are in the audit log");
+            }
+        }
+        if self.used.fetch_add(1, Ordering::Relaxed) < REFUSAL_LINES_PER_SECOND {
+            true
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    }
 }
 
 impl Auditor {
@@ -59,10 +91,18 @@ impl Auditor {
         let (tx, rx) = mpsc::channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         let writer = write(store, rx, dropped.clone());
-        (Self { tx, clock, dropped }, writer)
+        (
+            Self {
+                tx,
+                clock,
+                dropped,
+                lines: Arc::default(),
+            },
+            writer,
+        )
     }
 
-    fn stamp(&self, e: AuditEntry) -> AuditRecord {
+    fn stamp(&self, e: AuditEntry, log: bool) -> AuditRecord {
         let time = self.clock.now();
         let record = AuditRecord {
             id: v7(time),
@@ -75,6 +115,9 @@ impl Auditor {
             outcome: e.outcome.to_owned(),
             peer: e.peer,
         };
+        if !log {
+            return record;
+        }
         tracing::info!(
             target: "audit",
             principal = %record.principal,
@@ -91,7 +134,7 @@ impl Auditor {
 
     /// An administrative change: waits for room in the queue rather than lose it.
     pub async fn change(&self, e: AuditEntry) {
-        let record = self.stamp(e);
+        let record = self.stamp(e, true);
         if self.tx.send(record).await.is_err() {
             tracing::error!(target: "audit", "the audit writer has stopped; event kept in the log line only");
         }
@@ -99,7 +142,8 @@ impl Auditor {
 
     /// A refused call: never waits; dropped (and counted) when the queue is full.
     pub fn refusal(&self, e: AuditEntry) {
-        let record = self.stamp(e);
+        let log = self.lines.take(self.clock.now());
+        let record = self.stamp(e, log);
         if self.tx.try_send(record).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -168,5 +212,25 @@ pub async fn purge(
         if total > 0 {
             tracing::info!(events = total, "purged audit events past their retention");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_lines_are_capped_per_second() {
+        let budget = LineBudget::default();
+        let t = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let logged = (0..100).filter(|_| budget.take(t)).count() as u64;
+        assert_eq!(logged, REFUSAL_LINES_PER_SECOND);
+        assert_eq!(
+            budget.suppressed.load(Ordering::Relaxed),
+            100 - REFUSAL_LINES_PER_SECOND
+        );
+        // The next second starts afresh (and reports what was suppressed).
+        assert!(budget.take(t + time::Duration::seconds(1)));
+        assert_eq!(budget.suppressed.load(Ordering::Relaxed), 0);
     }
 }

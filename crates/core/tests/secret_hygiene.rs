@@ -4,15 +4,20 @@
 
 use std::time::Duration;
 
-use secrecy::SecretString;
+use std::sync::Arc;
+
+use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
 use tokenvend_core::{
+    access::{Authorizer, keys},
     cache::CachedToken,
+    clock::SystemClock,
     crypto::KeyRing,
-    ids::{ProviderId, TenantId},
+    ids::{PrincipalId, ProviderId, TenantId},
     oauth::parse_token_response,
     store::{
-        ConnectionRecord, GrantRecord, GrantStatus, PendingAuthorization, TokenRecord, WrappedDek,
+        ApiKeyRecord, ConnectionRecord, GrantRecord, GrantStatus, PendingAuthorization,
+        TokenRecord, WrappedDek,
     },
 };
 use uuid::Uuid;
@@ -107,4 +112,23 @@ fn debug_output_never_holds_a_secret() {
     let key_b64 = entry.split_once(':').unwrap().1.to_owned();
     let ring = format!("{:?}", KeyRing::parse(&entry).unwrap());
     assert!(!ring.contains(&key_b64), "KeyRing shows its key: {ring}");
+
+    // Callers: a stored key's hash, a new key, the bootstrap key inside the decision.
+    let stored = ApiKeyRecord {
+        key_id: "0123456789abcdef".into(),
+        principal: PrincipalId::parse("billing").unwrap(),
+        key_sha256: bytes.clone(),
+        created_at: now,
+        expires_at: None,
+        last_used_at: None,
+    };
+    assert_hidden("ApiKeyRecord", format!("{stored:?}"));
+    let new = keys::generate().unwrap();
+    let shown = format!("{new:?}");
+    assert!(
+        !shown.contains(new.api_key.expose_secret()),
+        "NewKey shows its key: {shown}"
+    );
+    let auth = Authorizer::new(Some(SECRET), Arc::new(SystemClock));
+    assert_hidden("Authorizer", format!("{auth:?}"));
 }

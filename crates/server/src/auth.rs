@@ -260,7 +260,8 @@ where
             // Reflection, health, and unknown paths (answered UNIMPLEMENTED by tonic).
             return Box::pin(self.inner.call(req));
         }
-        let action: Arc<str> = path.rsplit('/').next().unwrap_or_default().into();
+        // Borrowed from the path: nothing is allocated on the way to a cache hit.
+        let action = path.rsplit('/').next().unwrap_or_default();
         let shared = &self.shared;
         let peer = peer_of(&req);
         let answer = |status: Status| -> Self::Future {
@@ -268,12 +269,12 @@ where
         };
         let principal = match shared.identify(&req) {
             Ok(p) => p,
-            Err(e) => return answer(shared.refuse("", &action, peer, &e)),
+            Err(e) => return answer(shared.refuse("", action, peer, &e)),
         };
         if admin {
             if !principal.is_admin() {
                 let e = Error::PermissionDenied("AdminService needs a ROLE_ADMIN principal");
-                return answer(shared.refuse(principal.name.as_str(), &action, peer, &e));
+                return answer(shared.refuse(principal.name.as_str(), action, peer, &e));
             }
             if let Err(retry_after) = shared.limits.check(principal.name.as_str()) {
                 return answer(to_status(&Error::RateLimited {
@@ -282,14 +283,19 @@ where
                 }));
             }
         }
-        let audited = (admin && !is_read(&action)).then(AuditTarget::default);
-        if let Some(target) = &audited {
+        let audited = (admin && !is_read(action)).then(|| {
+            (
+                action.to_owned(),
+                principal.name.to_string(),
+                AuditTarget::default(),
+            )
+        });
+        if let Some((_, _, target)) = &audited {
             req.extensions_mut().insert(target.clone());
         }
-        let name = principal.name.to_string();
         req.extensions_mut().insert(Caller { principal, peer });
         let future = self.inner.call(req);
-        let Some(target) = audited else {
+        let Some((action, name, target)) = audited else {
             return Box::pin(future);
         };
         let auditor = shared.auditor.clone();
@@ -308,7 +314,7 @@ where
             auditor
                 .change(AuditEntry {
                     principal: name,
-                    action: action.to_string(),
+                    action,
                     tenant,
                     provider,
                     subject,
