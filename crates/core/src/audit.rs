@@ -16,7 +16,7 @@ use std::{
 };
 
 use time::OffsetDateTime;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::{
@@ -49,11 +49,14 @@ pub struct AuditEntry {
 
 #[derive(Clone)]
 pub struct Auditor {
-    tx: mpsc::Sender<AuditRecord>,
+    tx: mpsc::Sender<Queued>,
     clock: Arc<dyn Clock>,
     dropped: Arc<AtomicU64>,
     lines: Arc<LineBudget>,
 }
+
+/// An event on its way to the table; a change waits for `stored`.
+type Queued = (AuditRecord, Option<oneshot::Sender<()>>);
 
 /// Refusal log lines in the current second, and those suppressed since the last summary.
 #[derive(Default)]
@@ -132,19 +135,25 @@ impl Auditor {
         record
     }
 
-    /// An administrative change: waits for room in the queue rather than lose it.
+    /// An administrative change: waits for room in the queue rather than lose it, and for
+    /// its row.
     pub async fn change(&self, e: AuditEntry) {
         let record = self.stamp(e, true);
-        if self.tx.send(record).await.is_err() {
+        let (stored, written) = oneshot::channel();
+        if self.tx.send((record, Some(stored))).await.is_err() {
             tracing::error!(target: "audit", "the audit writer has stopped; event kept in the log line only");
+            return;
         }
+        // The change is answered once its row is written (or the write failed, logged), so
+        // whoever saw the answer finds the event — and every event queued before it.
+        let _ = written.await;
     }
 
     /// A refused call: never waits; dropped (and counted) when the queue is full.
     pub fn refusal(&self, e: AuditEntry) {
         let log = self.lines.take(self.clock.now());
         let record = self.stamp(e, log);
-        if self.tx.try_send(record).is_err() {
+        if self.tx.try_send((record, None)).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -161,13 +170,15 @@ fn v7(time: OffsetDateTime) -> Uuid {
     Uuid::new_v7(ts)
 }
 
-async fn write(
-    store: Arc<dyn Store>,
-    mut rx: mpsc::Receiver<AuditRecord>,
-    dropped: Arc<AtomicU64>,
-) {
+async fn write(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Queued>, dropped: Arc<AtomicU64>) {
+    let mut queued = Vec::with_capacity(BATCH);
     let mut batch = Vec::with_capacity(BATCH);
-    while rx.recv_many(&mut batch, BATCH).await > 0 {
+    while rx.recv_many(&mut queued, BATCH).await > 0 {
+        let mut acks = Vec::new();
+        for (record, ack) in queued.drain(..) {
+            batch.push(record);
+            acks.extend(ack);
+        }
         let n = dropped.swap(0, Ordering::Relaxed);
         if n > 0 {
             tracing::warn!(target: "audit", dropped = n, "audit queue full: {n} refused calls were logged but not stored");
@@ -177,6 +188,9 @@ async fn write(
             tracing::error!(target: "audit", error = %e, events = batch.len(), "could not store audit events");
         }
         batch.clear();
+        for ack in acks {
+            let _ = ack.send(());
+        }
     }
 }
 
