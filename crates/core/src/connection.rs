@@ -73,6 +73,9 @@ pub fn check_scopes(scopes: &[String]) -> Result<(), InvalidInput> {
 /// The connection after applying its template: everything the token client needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Effective {
+    /// The catalog template's name (`generic` when none): the only provider label metrics
+    /// carry.
+    pub template: &'static str,
     pub token_url: Option<Url>,
     pub authorize_url: Option<Url>,
     pub revocation_url: Option<Url>,
@@ -214,6 +217,7 @@ impl ConnectionSettings {
             .collect();
         extra_params.extend(self.extra_params.clone());
         Ok(Effective {
+            template: template.name,
             token_url,
             authorize_url,
             revocation_url,
@@ -297,6 +301,7 @@ pub(crate) fn client_credentials_request<'a>(
     secret: &'a SecretString,
 ) -> TokenRequest<'a> {
     TokenRequest {
+        template: effective.template,
         token_url,
         credentials: ClientCredentials {
             auth: effective.client_auth,
@@ -334,6 +339,7 @@ pub(crate) fn user_grant_request<'a>(
     scopes: &'a [String],
 ) -> TokenRequest<'a> {
     TokenRequest {
+        template: effective.template,
         token_url,
         credentials: user_grant_credentials(effective, secret),
         grant,

@@ -21,6 +21,7 @@ pub mod grants;
 pub mod ids;
 pub mod input;
 pub mod oauth;
+pub mod observe;
 pub mod paging;
 pub mod refresh;
 pub mod secrets;

@@ -103,6 +103,10 @@ pub(crate) async fn fetch(
 
     let give_up = tokio::time::Instant::now() + inner.config.max_wait;
     let wake = inner.waiters.handle(&key);
+    let mut waited = LeaseWait {
+        since: None,
+        observer: inner.client.observer(),
+    };
     loop {
         // Interest first, then the checks: a lease ending in between still wakes us.
         let woken = wake.notified();
@@ -133,6 +137,8 @@ pub(crate) async fn fetch(
             )
             .await?;
         if let Some(lease) = lease {
+            // The wait (if any) ends here, not after our own provider call.
+            waited.end();
             let held = Held {
                 inner,
                 key: &key,
@@ -146,6 +152,7 @@ pub(crate) async fn fetch(
                 None => continue,
             }
         }
+        waited.since.get_or_insert_with(tokio::time::Instant::now);
         if tokio::time::Instant::now() >= give_up {
             return Err(ProviderError::Unavailable {
                 reason: "another replica holds the refresh lease and has not finished".into(),
@@ -157,6 +164,26 @@ pub(crate) async fn fetch(
         // Woken by the holder's LeaseEnded, or poll: a notification can be lost while the
         // listener reconnects, and a dead holder sends none (its lease lapses instead).
         let _ = tokio::time::timeout(inner.config.poll_interval, woken).await;
+    }
+}
+
+/// Reports how long a fetch waited for another replica's lease, however the wait ended.
+struct LeaseWait<'a> {
+    since: Option<tokio::time::Instant>,
+    observer: &'a dyn crate::observe::Observer,
+}
+
+impl LeaseWait<'_> {
+    fn end(&mut self) {
+        if let Some(since) = self.since.take() {
+            self.observer.lease_wait(since.elapsed());
+        }
+    }
+}
+
+impl Drop for LeaseWait<'_> {
+    fn drop(&mut self) {
+        self.end();
     }
 }
 

@@ -131,6 +131,9 @@ impl Vendor {
     ) -> Result<Arc<CachedToken>> {
         let inner = self.inner.clone();
         let task_key = key.clone();
+        if self.flights.is_running(key) {
+            self.inner.client.observer().singleflight_joined();
+        }
         let span =
             tracing::info_span!("fetch_token", tenant = %key.tenant, provider = %key.provider);
         let result = self
@@ -251,11 +254,16 @@ impl Vendor {
                     .await;
                 // The renewed token starts unused: if nobody asks for it before its own
                 // refresh point, it is left to expire.
+                let observer = this.inner.client.observer();
                 match r {
                     Ok(_) => {
+                        observer.refresh_ahead("refreshed");
                         tracing::debug!(tenant = %key.tenant, provider = %key.provider, "renewed ahead of expiry");
                     }
-                    Err(e) => tracing::warn!(tenant = %key.tenant, provider = %key.provider, error = %e, "renewal ahead of expiry failed; the current token is served while it lasts"),
+                    Err(e) => {
+                        observer.refresh_ahead("failed");
+                        tracing::warn!(tenant = %key.tenant, provider = %key.provider, error = %e, "renewal ahead of expiry failed; the current token is served while it lasts");
+                    }
                 }
             }));
         }

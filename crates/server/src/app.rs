@@ -33,6 +33,7 @@ use crate::{
     config::{DbArgs, ServeArgs},
     grpc::{admin::AdminApi, token::TokenApi},
     limits::{Limits, Rate, parse_overrides},
+    metrics::Metrics,
     shutdown::{self, Lifecycle, Outcome, Shutdown, Signals},
     tls::TlsAcceptor,
 };
@@ -162,6 +163,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         tokio::spawn(rewrap_in_background(envelope.clone(), args.rewrap_interval));
     }
     let cache = Arc::new(TokenCache::new());
+    let metrics = Arc::new(Metrics::new(cache.clone()));
     let clock = Arc::new(SystemClock);
     let client = TokenClient::new(TokenClientConfig {
         request_timeout: args.provider_timeout,
@@ -170,7 +172,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         proxy: provider_proxy,
         ..Default::default()
     })
-    .context("building the HTTP client")?;
+    .context("building the HTTP client")?
+    .with_observer(metrics.clone());
     let notifier = Notifier::new(replica.clone());
     let deps = Deps {
         store: store.clone(),
@@ -287,6 +290,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             vendor.clone(),
             auditor,
             limits,
+            metrics.clone(),
         )))
         .add_service(AdminServiceServer::new(AdminApi::new(
             admin,
@@ -318,7 +322,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             }
         }
     };
-    let router = crate::http::router(store, grants, lifecycle.clone())
+    let router = crate::http::router(store, grants, lifecycle.clone(), metrics)
         .layer(lifecycle.http_layer())
         .layer(crate::panic::http_layer());
     let http = axum::serve(http_listener, router)

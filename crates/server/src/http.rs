@@ -14,6 +14,7 @@ use axum::{
         },
     },
     middleware,
+    response::IntoResponse,
     response::{Html, Response},
     routing::get,
 };
@@ -24,6 +25,7 @@ use tokenvend_core::{
 };
 use tonic::Code;
 
+use crate::metrics::Metrics;
 use crate::{shutdown::Lifecycle, status::to_status};
 
 #[derive(Clone)]
@@ -31,12 +33,19 @@ struct AppState {
     store: Arc<dyn Store>,
     grants: Arc<Grants>,
     lifecycle: Lifecycle,
+    metrics: Arc<Metrics>,
 }
 
-pub fn router(store: Arc<dyn Store>, grants: Arc<Grants>, lifecycle: Lifecycle) -> Router {
+pub fn router(
+    store: Arc<dyn Store>,
+    grants: Arc<Grants>,
+    lifecycle: Lifecycle,
+    metrics: Arc<Metrics>,
+) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(scrape))
         .route(
             CALLBACK_PATH,
             get(callback).layer(middleware::map_response(callback_headers)),
@@ -45,7 +54,19 @@ pub fn router(store: Arc<dyn Store>, grants: Arc<Grants>, lifecycle: Lifecycle) 
             store,
             grants,
             lifecycle,
+            metrics,
         })
+}
+
+/// Prometheus text exposition format 0.0.4.
+async fn scrape(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
 }
 
 /// On every callback page, whatever produced it. The page names a tenant and an end user,

@@ -7,6 +7,7 @@ pub mod config;
 pub mod grpc;
 pub mod http;
 pub mod limits;
+pub mod metrics;
 pub mod panic;
 pub mod shutdown;
 pub mod status;

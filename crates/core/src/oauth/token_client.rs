@@ -17,7 +17,11 @@ use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use super::{ProviderError, TokenResponse, parse_token_response};
-use crate::{catalog::ClientAuth, endpoint::is_internal};
+use crate::{
+    catalog::ClientAuth,
+    endpoint::is_internal,
+    observe::{NoObserver, Observer},
+};
 
 /// Bodies larger than this are not token responses; reading stops there.
 const MAX_BODY: usize = 64 * 1024;
@@ -100,6 +104,8 @@ pub struct ClientCredentials<'a> {
 }
 
 pub struct TokenRequest<'a> {
+    /// The connection's template name, for metrics.
+    pub template: &'static str,
     pub token_url: &'a Url,
     pub credentials: ClientCredentials<'a>,
     pub grant: Grant<'a>,
@@ -111,11 +117,20 @@ pub struct TokenRequest<'a> {
     pub default_expires_in: Duration,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct TokenClient {
     http: reqwest::Client,
     config: TokenClientConfig,
     breakers: std::sync::Arc<dashmap::DashMap<String, Breaker>>,
+    observer: std::sync::Arc<dyn Observer>,
+}
+
+impl std::fmt::Debug for TokenClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenClient")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A per-host circuit breaker: a provider that is down is not hit by every key's refresh,
@@ -124,6 +139,18 @@ pub struct TokenClient {
 struct Breaker {
     failures: u32,
     open_until: Option<tokio::time::Instant>,
+}
+
+/// The metric label of a provider request's result.
+fn outcome_class(result: &Result<TokenResponse, ProviderError>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(ProviderError::OAuth { .. }) => "oauth_error",
+        Err(ProviderError::Rejected { .. }) => "rejected",
+        Err(ProviderError::Refused { .. }) => "refused",
+        Err(ProviderError::BadResponse { .. }) => "bad_response",
+        Err(ProviderError::Unavailable { .. }) => "unavailable",
+    }
 }
 
 /// `Authorization: Basic` per RFC 6749 §2.3.1: id and secret are form-urlencoded first,
@@ -153,7 +180,19 @@ impl TokenClient {
             http: builder.build()?,
             config,
             breakers: Default::default(),
+            observer: std::sync::Arc::new(NoObserver),
         })
+    }
+
+    /// Reports every provider request (and what the domain built on this client reports)
+    /// to `observer`.
+    pub fn with_observer(mut self, observer: std::sync::Arc<dyn Observer>) -> Self {
+        self.observer = observer;
+        self
+    }
+
+    pub fn observer(&self) -> &dyn Observer {
+        self.observer.as_ref()
     }
 
     /// Fails fast while the host's breaker is open.
@@ -236,6 +275,18 @@ impl TokenClient {
     }
 
     async fn fetch_once(&self, req: &TokenRequest<'_>) -> Result<TokenResponse, ProviderError> {
+        let started = tokio::time::Instant::now();
+        let result = self.exchange(req).await;
+        self.observer.provider_request(
+            req.template,
+            req.grant.grant_type(),
+            outcome_class(&result),
+            started.elapsed(),
+        );
+        result
+    }
+
+    async fn exchange(&self, req: &TokenRequest<'_>) -> Result<TokenResponse, ProviderError> {
         self.check_target(req.token_url).await?;
         let mut form: Vec<(&str, &str)> = vec![("grant_type", req.grant.grant_type())];
         let scope = req.scopes.join(" ");
@@ -537,6 +588,7 @@ mod tests {
         let secret = SecretString::from("secret");
         client
             .fetch(&TokenRequest {
+                template: "generic",
                 token_url: &Url::parse(token_url).unwrap(),
                 credentials: ClientCredentials {
                     auth: ClientAuth::Basic,

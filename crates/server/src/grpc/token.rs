@@ -16,7 +16,11 @@ use tokenvend_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use super::{caller_wait, invalid, status, timestamp};
-use crate::{auth::Caller, limits::Limits};
+use crate::{
+    auth::Caller,
+    limits::Limits,
+    metrics::{GetTokenOutcome, Metrics},
+};
 
 /// Upper bound for `min_ttl_seconds`: no provider issues tokens for longer than a year.
 const MAX_MIN_TTL_SECS: i64 = 366 * 86_400;
@@ -25,14 +29,21 @@ pub struct TokenApi {
     vendor: Arc<Vendor>,
     auditor: Auditor,
     limits: Arc<Limits>,
+    metrics: Arc<Metrics>,
 }
 
 impl TokenApi {
-    pub fn new(vendor: Arc<Vendor>, auditor: Auditor, limits: Arc<Limits>) -> Self {
+    pub fn new(
+        vendor: Arc<Vendor>,
+        auditor: Auditor,
+        limits: Arc<Limits>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             vendor,
             auditor,
             limits,
+            metrics,
         }
     }
 
@@ -53,6 +64,56 @@ impl TokenApi {
         })?;
         caller.may_get_token(&self.auditor, action, tenant, provider, subject)?;
         Ok(caller)
+    }
+
+    /// The answer and whether it came from memory (the metric's outcome).
+    async fn answer_get_token(
+        &self,
+        req: Request<GetTokenRequest>,
+    ) -> Result<(Response<GetTokenResponse>, bool), Status> {
+        let wait = caller_wait(req.metadata());
+        let r = req.get_ref();
+        let caller = self.authorize(&req, "GetToken", &r.tenant, &r.provider, &r.subject)?;
+        let GetTokenRequest {
+            tenant,
+            provider,
+            min_ttl_seconds,
+            subject,
+        } = req.into_inner();
+        let key = token_key(tenant, provider, subject)?;
+        let min_ttl = match min_ttl_seconds {
+            None | Some(0) => None,
+            Some(n) if !(0..=MAX_MIN_TTL_SECS).contains(&n) => {
+                return Err(invalid(InvalidInput::new(
+                    "min_ttl_seconds",
+                    format!("must be between 0 and {MAX_MIN_TTL_SECS}"),
+                )));
+            }
+            Some(n) => Some(Duration::from_secs(n as u64)),
+        };
+        let (token, hit) = match self.vendor.cached(&key, min_ttl).map_err(status)? {
+            Some(token) => (token, true),
+            None => {
+                // Joining a fetch that is already running costs nothing more: only a caller
+                // that would start one spends its budget (so a cold stampede is not refused).
+                if !self.vendor.is_fetching(&key) {
+                    self.within_limit(&caller)?;
+                }
+                let token = self
+                    .vendor
+                    .get_token(key, min_ttl, wait)
+                    .await
+                    .map_err(status)?;
+                (token, false)
+            }
+        };
+        let response = Response::new(GetTokenResponse {
+            access_token: token.access_token.expose_secret().to_owned(),
+            token_type: "Bearer".to_owned(),
+            expires_at: token.expires_at.map(timestamp),
+            scopes: token.scopes.clone(),
+        });
+        Ok((response, hit))
     }
 
     /// Work the cache cannot answer (a fetch to start, an invalidation) is limited per
@@ -85,46 +146,15 @@ impl TokenService for TokenApi {
         &self,
         req: Request<GetTokenRequest>,
     ) -> Result<Response<GetTokenResponse>, Status> {
-        let wait = caller_wait(req.metadata());
-        let r = req.get_ref();
-        let caller = self.authorize(&req, "GetToken", &r.tenant, &r.provider, &r.subject)?;
-        let GetTokenRequest {
-            tenant,
-            provider,
-            min_ttl_seconds,
-            subject,
-        } = req.into_inner();
-        let key = token_key(tenant, provider, subject)?;
-        let min_ttl = match min_ttl_seconds {
-            None | Some(0) => None,
-            Some(n) if !(0..=MAX_MIN_TTL_SECS).contains(&n) => {
-                return Err(invalid(InvalidInput::new(
-                    "min_ttl_seconds",
-                    format!("must be between 0 and {MAX_MIN_TTL_SECS}"),
-                )));
-            }
-            Some(n) => Some(Duration::from_secs(n as u64)),
+        let started = tokio::time::Instant::now();
+        let answer = self.answer_get_token(req).await;
+        let outcome = match &answer {
+            Ok((_, true)) => GetTokenOutcome::Hit,
+            Ok((_, false)) => GetTokenOutcome::Miss,
+            Err(_) => GetTokenOutcome::Error,
         };
-        let token = match self.vendor.cached(&key, min_ttl).map_err(status)? {
-            Some(hit) => hit,
-            None => {
-                // Joining a fetch that is already running costs nothing more: only a caller
-                // that would start one spends its budget (so a cold stampede is not refused).
-                if !self.vendor.is_fetching(&key) {
-                    self.within_limit(&caller)?;
-                }
-                self.vendor
-                    .get_token(key, min_ttl, wait)
-                    .await
-                    .map_err(status)?
-            }
-        };
-        Ok(Response::new(GetTokenResponse {
-            access_token: token.access_token.expose_secret().to_owned(),
-            token_type: "Bearer".to_owned(),
-            expires_at: token.expires_at.map(timestamp),
-            scopes: token.scopes.clone(),
-        }))
+        self.metrics.get_token(outcome, started.elapsed());
+        answer.map(|(response, _)| response)
     }
 
     #[tracing::instrument(skip_all, fields(tenant = %req.get_ref().tenant, provider = %req.get_ref().provider))]
