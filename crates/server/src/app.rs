@@ -12,9 +12,7 @@ use tokenvend_core::{
     audit::Auditor,
     cache::TokenCache,
     clock::SystemClock,
-    config::{MIN_TTL_FLOOR, VendorConfig},
     crypto::{Envelope, KeyRing},
-    endpoint::EndpointPolicy,
     events::Notifier,
     grants::{Grants, GrantsConfig},
     oauth::{TokenClient, TokenClientConfig},
@@ -32,14 +30,10 @@ use crate::{
     auth::AuthLayer,
     config::{DbArgs, ServeArgs},
     grpc::{admin::AdminApi, token::TokenApi},
-    limits::{Limits, Rate, parse_overrides},
     metrics::Metrics,
+    preflight::{self, Checked},
     shutdown::{self, Lifecycle, Outcome, Shutdown, Signals},
-    tls::TlsAcceptor,
 };
-
-/// Shortest bootstrap key accepted: anything shorter is guessable.
-const MIN_BOOTSTRAP_KEY_LEN: usize = 16;
 
 /// API keys' last use is written this often (coarse on purpose: not a write per call).
 const LAST_USED_FLUSH: std::time::Duration = std::time::Duration::from_secs(60);
@@ -92,13 +86,14 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
-    if let Some(k) = &args.bootstrap_admin_key {
-        if k.expose_secret().len() < MIN_BOOTSTRAP_KEY_LEN {
-            bail!(
-                "TOKENVEND_BOOTSTRAP_ADMIN_KEY must be at least {MIN_BOOTSTRAP_KEY_LEN} characters"
-            );
-        }
-    } else {
+    let Checked {
+        policy,
+        vendor_config,
+        provider_proxy,
+        tls,
+        limits,
+    } = preflight::check(&args)?;
+    if args.bootstrap_admin_key.is_none() {
         tracing::warn!(
             "TOKENVEND_BOOTSTRAP_ADMIN_KEY is not set: only principals' API keys are accepted. For a first \
              set-up, generate a key with `tokenvend keygen --api-key`, set it, create an admin principal \
@@ -110,35 +105,16 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             "TOKENVEND_ALLOW_INSECURE_ENDPOINTS=true: http:// and internal provider URLs are allowed (development only)"
         );
     }
-    let policy = EndpointPolicy {
-        allow_insecure: args.allow_insecure_endpoints,
-    };
-    let vendor_config = VendorConfig {
-        default_min_ttl: args.default_min_ttl,
-        max_wait: args.max_wait,
-        invalidate_min_interval: args.invalidate_min_interval,
-        policy,
-        lease_ttl: args.lease_ttl,
-        request_timeout: args.provider_timeout,
-        negative_ttl: args.negative_cache_ttl,
-        ..VendorConfig::default()
-    };
-    check_timing(&vendor_config)?;
-    args.tls.validate()?;
-    let tls = if args.tls.enabled() {
-        let acceptor = TlsAcceptor::load(&args.tls)?;
+    if tls.is_some() {
         tracing::info!(
             client_certificates = args.tls.client_ca_file.is_some(),
             "TLS on the gRPC port"
         );
-        Some(acceptor)
     } else {
         tracing::warn!(
             "the gRPC port is plaintext (development default): set TOKENVEND_TLS_CERT_FILE and TOKENVEND_TLS_KEY_FILE, or terminate TLS in front of it"
         );
-        None
-    };
-    let provider_proxy = args.provider_proxy()?;
+    }
     if let Some(proxy) = &provider_proxy {
         // The host only: a proxy URL may carry credentials.
         tracing::info!(
@@ -234,14 +210,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             AUDIT_PURGE_EVERY,
         ));
     }
-    let limits = Arc::new(Limits::new(
-        Rate {
-            per_second: args.rate_limit,
-            burst: args.rate_limit_burst,
-        },
-        parse_overrides(&args.rate_limits)
-            .map_err(|e| anyhow::anyhow!("TOKENVEND_RATE_LIMITS: {e}"))?,
-    ));
+    let limits = Arc::new(limits);
     let callers = Arc::new(Callers::new(
         store.clone(),
         notifier.clone(),
@@ -352,29 +321,6 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     .serve_until_signal(servers, signals)
     .await?;
     finish(&vendor, refresher, outcome).await;
-    Ok(())
-}
-
-/// Refuses timing settings under which a caller could never be served: a `min_ttl` of 0
-/// (a token with no time left is not valid), a lease too short to renew, and a
-/// `TOKENVEND_MAX_WAIT` that cannot outlast the takeover of a dead holder's lease.
-fn check_timing(c: &VendorConfig) -> Result<()> {
-    if c.default_min_ttl < MIN_TTL_FLOOR {
-        bail!(
-            "TOKENVEND_DEFAULT_MIN_TTL must be at least 1s (a token that expires now is not valid)"
-        );
-    }
-    if c.lease_ttl < std::time::Duration::from_secs(1) {
-        bail!("TOKENVEND_LEASE_TTL must be at least 1s (it is renewed every third of it)");
-    }
-    let takeover = c.worst_takeover();
-    if c.max_wait <= takeover {
-        bail!(
-            "TOKENVEND_MAX_WAIT ({:?}) must exceed the worst takeover of a dead replica's refresh lease ({takeover:?} = max(TOKENVEND_LEASE_TTL, TOKENVEND_PROVIDER_TIMEOUT + 3s) + {:?} poll + TOKENVEND_PROVIDER_TIMEOUT), or waiting callers could never be served",
-            c.max_wait,
-            c.poll_interval
-        );
-    }
     Ok(())
 }
 

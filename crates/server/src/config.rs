@@ -52,6 +52,11 @@ pub enum Command {
     /// old master key can then be removed from TOKENVEND_MASTER_KEYS. Online and resumable;
     /// `serve` also runs it in the background (TOKENVEND_REWRAP_INTERVAL).
     Rewrap(DbArgs),
+    /// Validates the configuration `serve` would run with (files, key ring, timings, TLS) and
+    /// prints it, secrets redacted. Exit 0 if it would start, 1 with the reason if not.
+    CheckConfig(Box<ServeArgs>),
+    /// Prints the version and the git revision this binary was built from.
+    Version,
     /// Prints a new master key entry for TOKENVEND_MASTER_KEYS (`id:<base64>`).
     Keygen {
         /// Key id to put in front of the key.
@@ -119,12 +124,12 @@ impl Command {
     /// Reads the secret settings the command needs (see `secret_setting`).
     pub fn load_secrets(&mut self) -> Result<(), String> {
         match self {
-            Command::Serve(args) => {
+            Command::Serve(args) | Command::CheckConfig(args) => {
                 args.db.load_secrets()?;
                 args.bootstrap_admin_key = secret_setting("TOKENVEND_BOOTSTRAP_ADMIN_KEY")?;
             }
             Command::Migrate(db) | Command::Rewrap(db) => db.load_secrets()?,
-            Command::Keygen { .. } => {}
+            Command::Keygen { .. } | Command::Version => {}
         }
         Ok(())
     }

@@ -9,6 +9,7 @@ pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod panic;
+pub mod preflight;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;

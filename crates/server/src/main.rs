@@ -1,4 +1,4 @@
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use tokenvend_server::{
     app,
     config::{Cli, Command, LogFormat},
@@ -12,7 +12,11 @@ async fn main() -> std::process::ExitCode {
         eprintln!("tokenvend: {e}");
         return std::process::ExitCode::FAILURE;
     }
-    let mut cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     if let Err(e) = cli.command.load_secrets() {
         eprintln!("tokenvend: {e}");
         return std::process::ExitCode::FAILURE;
@@ -39,6 +43,34 @@ async fn main() -> std::process::ExitCode {
             }
             Err(e) => Err(e),
         },
+        Command::CheckConfig(args) => {
+            let serve = Cli::command();
+            let serve = serve
+                .find_subcommand("check-config")
+                .expect("the check-config subcommand");
+            let sub = matches
+                .subcommand_matches("check-config")
+                .expect("check-config matches");
+            match tokenvend_server::preflight::check(&args) {
+                Ok(_) => {
+                    println!(
+                        "{}",
+                        tokenvend_server::preflight::describe(serve, sub, &args)
+                    );
+                    println!("# configuration OK");
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        }
+        Command::Version => {
+            println!(
+                "tokenvend {} (git {})",
+                env!("CARGO_PKG_VERSION"),
+                env!("TOKENVEND_GIT_REVISION")
+            );
+            Ok(())
+        }
         Command::Keygen { id, api_key } => {
             if api_key {
                 let mut bytes = [0u8; 32];
