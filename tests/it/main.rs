@@ -12,6 +12,7 @@ mod fleet;
 mod grants;
 mod hardening;
 mod lifecycle;
+mod mtls;
 mod providers;
 mod proxy;
 mod reflection;

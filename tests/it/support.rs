@@ -240,6 +240,12 @@ pub struct CallOpts {
 impl Client {
     pub async fn connect(addr: &str, key: Option<&str>) -> Result<Client> {
         let channel = Channel::from_shared(addr.to_owned())?.connect().await?;
+        Client::connect_with(channel, key).await
+    }
+
+    /// A client over a channel the test built itself (e.g. TLS through its own connector);
+    /// the descriptors are fetched over it, so a channel the server refuses fails here.
+    pub async fn connect_with(channel: Channel, key: Option<&str>) -> Result<Client> {
         let pool = fetch_descriptors(channel.clone()).await?;
         Ok(Client {
             channel,
