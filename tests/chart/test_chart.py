@@ -31,6 +31,9 @@ import helm_python as helm
 import jsonschema
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import values_table  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "tokenvend"
 DOCKERFILE = ROOT / "Dockerfile"
@@ -734,32 +737,15 @@ class T3Schema(unittest.TestCase):
         types_match(defaults, schema, "values")
 
     def test_readme_lists_every_value(self) -> None:
+        """README.md's table is exactly the one values_table.py makes from values.yaml (every
+        `# --` key, its default, its comment), and every leaf value is documented itself or
+        lies under a documented key."""
         readme = (CHART / "README.md").read_text()
-        table_keys = set(re.findall(r"^\| `([A-Za-z0-9_.]+)` \|", readme, re.M))
-        documented = set()
-        lines = (CHART / "values.yaml").read_text().splitlines()
-        stack: list[tuple[int, str]] = []
-        pending = False
-        for line in lines:
-            if line.lstrip().startswith("# --"):
-                pending = True
-                continue
-            m = re.match(r"^( *)([A-Za-z0-9_]+):", line)
-            if not m:
-                continue
-            indent = len(m.group(1))
-            while stack and stack[-1][0] >= indent:
-                stack.pop()
-            key = ".".join([s[1] for s in stack] + [m.group(2)])
-            stack.append((indent, m.group(2)))
-            if pending:
-                documented.add(key)
-                pending = False
+        self.assertEqual(values_table.readme_table(readme), values_table.table(),
+                         "README.md's values table is stale: run python3 tests/chart/values_table.py --write")
+        documented = {k for k, _ in values_table.documented_values((CHART / "values.yaml").read_text())}
         self.assertGreater(len(documented), 50)
-        self.assertEqual(documented - table_keys, set(), "values with a `# --` comment missing from README.md")
-        self.assertEqual(table_keys - documented, set(), "README.md lists values that values.yaml lacks")
 
-        # Every leaf of values.yaml is documented itself or lies under a documented key.
         def leaves(node: object, prefix: str = ""):
             if isinstance(node, dict) and node:
                 for k, v in node.items():
