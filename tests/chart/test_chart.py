@@ -31,6 +31,7 @@ import helm_python as helm
 import jsonschema
 import yaml
 
+sys.dont_write_bytecode = True  # no __pycache__ in the clone
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import values_table  # noqa: E402
 
