@@ -13,6 +13,7 @@ mod grants;
 mod hardening;
 mod lifecycle;
 mod mtls;
+mod otel;
 mod providers;
 mod proxy;
 mod reflection;

@@ -235,6 +235,8 @@ pub struct CallOpts {
     pub timeout: Option<Duration>,
     pub no_key: bool,
     pub key: Option<String>,
+    /// Extra request metadata (e.g. a W3C `traceparent`).
+    pub metadata: Vec<(&'static str, String)>,
 }
 
 impl Client {
@@ -321,6 +323,11 @@ impl Client {
                 "authorization",
                 MetadataValue::try_from(format!("Bearer {k}")).unwrap(),
             );
+        }
+        for (name, value) in &opts.metadata {
+            request
+                .metadata_mut()
+                .insert(*name, MetadataValue::try_from(value.as_str()).unwrap());
         }
         if let Some(t) = opts.timeout {
             request.set_timeout(t);

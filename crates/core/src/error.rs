@@ -125,6 +125,37 @@ impl Error {
             other => other,
         }
     }
+
+    /// A short, fixed name for what went wrong — for span attributes, a connection's refresh
+    /// state and log lines an operator filters on. Never carries request data.
+    pub fn class(&self) -> &'static str {
+        match self.root() {
+            Error::InvalidInput(_) => "invalid_input",
+            Error::TenantNotFound(_)
+            | Error::ConnectionNotFound { .. }
+            | Error::GrantNotFound { .. }
+            | Error::PrincipalNotFound(_)
+            | Error::ApiKeyNotFound(_)
+            | Error::PermissionNotFound { .. } => "not_found",
+            Error::Unauthenticated(_) => "unauthenticated",
+            Error::PermissionDenied(_) => "permission_denied",
+            Error::PrincipalExists(_) | Error::TenantExists(_) => "already_exists",
+            Error::ConnectionInvalid { .. } => "connection_invalid",
+            Error::MissingCredential { .. } => "missing_credential",
+            Error::Provider(p) => p.class(),
+            Error::ReauthorizationRequired { .. } => "reauthorization_required",
+            Error::RevocationFailed { .. } => "revocation_failed",
+            Error::SecretRejected(_) => "secret_rejected",
+            Error::RateLimited { .. } => "rate_limited",
+            Error::MinTtlUnsatisfiable { .. } => "min_ttl_unsatisfiable",
+            Error::DeadlineExceeded(_) => "deadline_exceeded",
+            Error::Aborted(_) => "aborted",
+            Error::Internal(_) => "internal",
+            Error::Store(_) => "store",
+            Error::Crypto(_) => "crypto",
+            Error::Shared(_) => unreachable!("root() looks through Shared"),
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -29,6 +29,7 @@ use std::{sync::Arc, time::Duration};
 
 use secrecy::ExposeSecret;
 use time::OffsetDateTime;
+use tracing::Instrument;
 
 use crate::{
     cache::{CachedToken, Epoch, TokenCache},
@@ -95,6 +96,7 @@ pub(crate) async fn fetch(
     }
 
     let effective = effective_of(&conn, inner.config.policy)?;
+    tracing::Span::current().record("template", effective.template);
     if !key.subject.is_client() {
         // A cheap early answer for an unknown or dead grant (and no lease row for a subject
         // that does not exist). The grant used for the refresh is read again under the lease.
@@ -145,7 +147,13 @@ pub(crate) async fn fetch(
                 conn: &conn,
                 lease,
             };
-            match held.run(&effective, epoch, min_ttl).await? {
+            let span =
+                tracing::info_span!("refresh_lease", lease.generation = held.lease.generation);
+            match held
+                .run(&effective, epoch, min_ttl)
+                .instrument(span)
+                .await?
+            {
                 Some(token) => return Ok(token),
                 // The grant changed under the refresh: look again (its new token, or the
                 // answer that it is gone).

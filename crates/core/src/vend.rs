@@ -134,12 +134,24 @@ impl Vendor {
         if self.flights.is_running(key) {
             self.inner.client.observer().singleflight_joined();
         }
-        let span =
-            tracing::info_span!("fetch_token", tenant = %key.tenant, provider = %key.provider);
+        // The cache-miss path, one per key however many callers wait for it.
+        let span = tracing::info_span!(
+            "fetch_token",
+            tenant = %key.tenant,
+            provider = %key.provider,
+            template = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
         let result = self
             .flights
             .run(key.clone(), left, move || {
-                async move { fetch(&inner, task_key, min_ttl).await }.instrument(span)
+                async move {
+                    let fetched = fetch(&inner, task_key, min_ttl).await;
+                    let outcome = fetched.as_ref().map_or_else(Error::class, |_| "ok");
+                    tracing::Span::current().record("outcome", outcome);
+                    fetched
+                }
+                .instrument(span)
             })
             .await;
         match result {

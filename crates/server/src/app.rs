@@ -253,6 +253,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     // The panic layer outermost: it also catches a panic in the layers inside it.
     let grpc = tonic::transport::Server::builder()
         .layer(crate::panic::grpc_layer())
+        .layer(crate::rpc_trace::RpcTraceLayer::new(
+            crate::telemetry::otlp_endpoint().is_some(),
+        ))
         .layer(lifecycle.grpc_layer())
         .layer(auth)
         .add_service(TokenServiceServer::new(TokenApi::new(

@@ -10,6 +10,7 @@ pub mod limits;
 pub mod metrics;
 pub mod panic;
 pub mod preflight;
+pub mod rpc_trace;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;

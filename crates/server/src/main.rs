@@ -23,23 +23,29 @@ async fn main() -> std::process::ExitCode {
     }
     let result = match cli.command {
         Command::Serve(args) => match telemetry::init(args.log_format, &args.log) {
-            Ok(()) => {
+            Ok(telemetry) => {
                 panic::install_hook();
-                app::serve(*args).await
+                let result = app::serve(*args).await;
+                telemetry.shutdown().await;
+                result
             }
             Err(e) => Err(e),
         },
         Command::Rewrap(db) => match telemetry::init(LogFormat::Human, "info") {
-            Ok(()) => {
+            Ok(telemetry) => {
                 panic::install_hook();
-                app::rewrap(db).await
+                let result = app::rewrap(db).await;
+                telemetry.shutdown().await;
+                result
             }
             Err(e) => Err(e),
         },
         Command::Migrate(db) => match telemetry::init(LogFormat::Human, "info") {
-            Ok(()) => {
+            Ok(telemetry) => {
                 panic::install_hook();
-                app::migrate(db).await
+                let result = app::migrate(db).await;
+                telemetry.shutdown().await;
+                result
             }
             Err(e) => Err(e),
         },

@@ -28,6 +28,17 @@ pub enum GetTokenOutcome {
     Error,
 }
 
+impl GetTokenOutcome {
+    /// The label value (metric and span attribute).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::Miss => "miss",
+            Self::Error => "error",
+        }
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     cache: Arc<TokenCache>,

@@ -65,6 +65,7 @@ pub fn check(args: &ServeArgs) -> Result<Checked> {
             .map_err(|e| anyhow::anyhow!("TOKENVEND_RATE_LIMITS: {e}"))?,
     );
     check_database(&args.db)?;
+    crate::telemetry::check()?;
     Ok(Checked {
         policy,
         vendor_config,
@@ -177,6 +178,34 @@ pub fn describe(serve: &clap::Command, matches: &ArgMatches, args: &ServeArgs) -
         let value = if set { "[set]" } else { "[unset]" };
         lines.push(format!("{name}={value}  # secret"));
     }
+    lines.push(match crate::telemetry::check() {
+        Ok(Some((endpoint, protocol))) => {
+            // The endpoint may carry credentials in its user info: scheme, host and port only.
+            let shown = url::Url::parse(&endpoint)
+                .ok()
+                .map(|u| {
+                    format!(
+                        "{}://{}{}",
+                        u.scheme(),
+                        u.host_str().unwrap_or_default(),
+                        u.port().map(|p| format!(":{p}")).unwrap_or_default()
+                    )
+                })
+                .unwrap_or_else(|| "[unparsable]".into());
+            format!("OTEL_EXPORTER_OTLP_ENDPOINT={shown}  # traces exported over OTLP {protocol}")
+        }
+        _ => "OTEL_EXPORTER_OTLP_ENDPOINT=  # unset: no traces exported".into(),
+    });
+    let headers = [
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some());
+    lines.push(format!(
+        "OTEL_EXPORTER_OTLP_HEADERS={}  # secret",
+        if headers { "[set]" } else { "[unset]" }
+    ));
     lines.sort();
     lines.join("\n")
 }

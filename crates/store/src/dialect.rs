@@ -108,6 +108,8 @@ pub(crate) trait Exec: Send {
 /// A database: a pool of connections, and its change feed.
 #[async_trait]
 pub(crate) trait Db: Send + Sync + 'static {
+    /// The OpenTelemetry `db.system` name (span attribute).
+    fn system(&self) -> &'static str;
     /// A handle that runs single statements on the pool (cheap: a pool clone).
     fn pool(&self) -> Box<dyn Exec>;
     /// A write transaction (SQLite: `BEGIN IMMEDIATE`, so a read-then-write cannot fail

@@ -113,6 +113,10 @@ fn payload(event: &Published) -> Result<String, StoreError> {
 
 #[async_trait]
 impl Db for PgDb {
+    fn system(&self) -> &'static str {
+        "postgresql"
+    }
+
     fn pool(&self) -> Box<dyn Exec> {
         self.0.exec()
     }

@@ -174,6 +174,7 @@ impl DataKeyStore for SqlStore {
         Ok(())
     }
 
+    #[tracing::instrument(name = "store.get_data_key", skip_all, fields(db.system = self.db.system()))]
     async fn get_data_key(&self, id: Uuid) -> Result<Option<WrappedDek>, StoreError> {
         let row = self
             .db
@@ -351,6 +352,7 @@ impl Store for SqlStore {
         Ok(true)
     }
 
+    #[tracing::instrument(name = "store.get_connection", skip_all, fields(db.system = self.db.system()))]
     async fn get_connection(
         &self,
         key: &ConnectionKey,
@@ -465,6 +467,7 @@ impl Store for SqlStore {
         commit_if_any(tx, done, event).await
     }
 
+    #[tracing::instrument(name = "store.load_token", skip_all, fields(db.system = self.db.system()))]
     async fn load_token(
         &self,
         connection_id: Uuid,
@@ -569,6 +572,7 @@ impl Store for SqlStore {
             .await
     }
 
+    #[tracing::instrument(name = "store.get_grant", skip_all, fields(db.system = self.db.system()))]
     async fn get_grant(
         &self,
         connection_id: Uuid,
@@ -700,6 +704,7 @@ impl Store for SqlStore {
         commit_if_any(tx, done, event).await
     }
 
+    #[tracing::instrument(name = "store.try_lease", skip_all, fields(db.system = self.db.system()))]
     async fn try_lease(
         &self,
         connection_id: Uuid,
@@ -736,6 +741,7 @@ impl Store for SqlStore {
         .transpose()
     }
 
+    #[tracing::instrument(name = "store.renew_lease", skip_all, fields(db.system = self.db.system()))]
     async fn renew_lease(
         &self,
         connection_id: Uuid,
@@ -756,6 +762,7 @@ impl Store for SqlStore {
         Ok(done == 1)
     }
 
+    #[tracing::instrument(name = "store.mark_refresh_attempt", skip_all, fields(db.system = self.db.system()))]
     async fn mark_refresh_attempt(
         &self,
         connection_id: Uuid,
@@ -784,6 +791,7 @@ impl Store for SqlStore {
         Ok((done == 1).then_some(AttemptMark { deadline_in: ttl }))
     }
 
+    #[tracing::instrument(name = "store.finish_lease", skip_all, fields(db.system = self.db.system()))]
     async fn finish_lease(
         &self,
         connection_id: Uuid,
@@ -901,6 +909,7 @@ impl Store for SqlStore {
             .await
     }
 
+    #[tracing::instrument(name = "store.recent_failure", skip_all, fields(db.system = self.db.system()))]
     async fn recent_failure(
         &self,
         connection_id: Uuid,

@@ -118,6 +118,10 @@ struct SqliteDb {
 
 #[async_trait]
 impl Db for SqliteDb {
+    fn system(&self) -> &'static str {
+        "sqlite"
+    }
+
     fn pool(&self) -> Box<dyn Exec> {
         self.conns.exec()
     }

@@ -38,6 +38,17 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
+    /// The fixed name of this kind of failure (metric label, span attribute, refresh state).
+    pub fn class(&self) -> &'static str {
+        match self {
+            ProviderError::OAuth { .. } => "oauth_error",
+            ProviderError::Rejected { .. } => "rejected",
+            ProviderError::Refused { .. } => "refused",
+            ProviderError::BadResponse { .. } => "bad_response",
+            ProviderError::Unavailable { .. } => "unavailable",
+        }
+    }
+
     /// Whether a retry may succeed (the request did not get a definitive answer).
     pub fn is_transient(&self) -> bool {
         matches!(self, ProviderError::Unavailable { .. })

@@ -6,6 +6,7 @@
 //! are never used: a proxy resolves the target itself, past the DNS filter.
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+use tracing::Instrument;
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use reqwest::{
@@ -145,11 +146,7 @@ struct Breaker {
 fn outcome_class(result: &Result<TokenResponse, ProviderError>) -> &'static str {
     match result {
         Ok(_) => "ok",
-        Err(ProviderError::OAuth { .. }) => "oauth_error",
-        Err(ProviderError::Rejected { .. }) => "rejected",
-        Err(ProviderError::Refused { .. }) => "refused",
-        Err(ProviderError::BadResponse { .. }) => "bad_response",
-        Err(ProviderError::Unavailable { .. }) => "unavailable",
+        Err(e) => e.class(),
     }
 }
 
@@ -276,11 +273,22 @@ impl TokenClient {
 
     async fn fetch_once(&self, req: &TokenRequest<'_>) -> Result<TokenResponse, ProviderError> {
         let started = tokio::time::Instant::now();
-        let result = self.exchange(req).await;
+        // The URL's host only: its path or query could hold a tenant's identifiers.
+        let span = tracing::info_span!(
+            "provider.request",
+            otel.kind = "client",
+            template = req.template,
+            grant_type = req.grant.grant_type(),
+            server.address = req.token_url.host_str().unwrap_or_default(),
+            outcome = tracing::field::Empty,
+        );
+        let result = self.exchange(req).instrument(span.clone()).await;
+        let outcome = outcome_class(&result);
+        span.record("outcome", outcome);
         self.observer.provider_request(
             req.template,
             req.grant.grant_type(),
-            outcome_class(&result),
+            outcome,
             started.elapsed(),
         );
         result

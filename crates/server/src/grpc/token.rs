@@ -141,7 +141,7 @@ fn token_key(tenant: String, provider: String, subject: String) -> Result<TokenK
 
 #[tonic::async_trait]
 impl TokenService for TokenApi {
-    #[tracing::instrument(skip_all, fields(tenant = %req.get_ref().tenant, provider = %req.get_ref().provider))]
+    #[tracing::instrument(skip_all, fields(tenant = %req.get_ref().tenant, provider = %req.get_ref().provider, outcome = tracing::field::Empty))]
     async fn get_token(
         &self,
         req: Request<GetTokenRequest>,
@@ -154,6 +154,7 @@ impl TokenService for TokenApi {
             Err(_) => GetTokenOutcome::Error,
         };
         self.metrics.get_token(outcome, started.elapsed());
+        tracing::Span::current().record("outcome", outcome.label());
         answer.map(|(response, _)| response)
     }
 
