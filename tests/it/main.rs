@@ -17,6 +17,7 @@ mod otel;
 mod providers;
 mod proxy;
 mod reflection;
+mod refresh_state;
 mod rewrap;
 mod security;
 mod shutdown;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::{
@@ -20,12 +21,12 @@ use crate::{
     error::{Error, Result},
     events::Notifier,
     grants::{Grants, Revoked},
-    ids::{ConnectionKey, TenantId},
+    ids::{ConnectionKey, Subject, TenantId, TokenKey},
     input::InvalidInput,
     oauth::{ProviderError, TokenClient},
     paging::{MAX_PAGE, Page, PageRequest},
     secrets::connection_aad,
-    store::{ConnectionRecord, Store, StoreError, TenantRecord},
+    store::{ConnectionRecord, RefreshHistory, Store, StoreError, TenantRecord},
 };
 
 /// What `PutConnection` asks for. Empty secrets keep the stored ones.
@@ -44,6 +45,19 @@ pub struct ConnectionView {
     pub settings: ConnectionSettings,
     pub effective: Effective,
     pub credential_kind: &'static str,
+    /// Only from `get_connection` (a lookup per connection would make lists slow).
+    pub refresh: Option<RefreshState>,
+}
+
+/// How refreshing a connection's tokens is going, for operators (GetConnection).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RefreshState {
+    /// Every replica's refreshes, from the store.
+    pub history: RefreshHistory,
+    /// When this replica's refresh-ahead renews the client-credentials token: set only when
+    /// the token is cached here and was used since it was fetched (idle tokens are left to
+    /// expire).
+    pub next_refresh_at: Option<OffsetDateTime>,
 }
 
 pub struct Admin {
@@ -291,7 +305,23 @@ impl Admin {
 
     pub async fn get_connection(&self, key: &ConnectionKey) -> Result<ConnectionView> {
         let record = load_connection_of(self.store.as_ref(), key).await?;
-        self.to_view(record)
+        let history = self.store.refresh_history(record.id).await?;
+        let client = TokenKey {
+            tenant: key.tenant.clone(),
+            provider: key.provider.clone(),
+            subject: Subject::client(),
+        };
+        let next_refresh_at = self.cache.get(&client).and_then(|t| {
+            let (refresh_at, expires_at) = (t.refresh_at?, t.expires_at?);
+            let fetched_at = expires_at - t.issued_lifetime.unwrap_or_default();
+            t.used_since(fetched_at).then_some(refresh_at)
+        });
+        let mut view = self.to_view(record)?;
+        view.refresh = Some(RefreshState {
+            history,
+            next_refresh_at,
+        });
+        Ok(view)
     }
 
     pub async fn list_connections(
@@ -446,6 +476,7 @@ fn view(
         settings,
         effective,
         credential_kind,
+        refresh: None,
     }
 }
 

@@ -411,6 +411,7 @@ impl Held<'_> {
                 };
                 let failed = LeaseEnd::Failed {
                     error: &error,
+                    class: e.class(),
                     connection_version: conn.version,
                     remember_for: (class.remember && !error.is_empty())
                         .then_some(inner.config.negative_ttl),

@@ -227,6 +227,8 @@ pub enum LeaseEnd<'a> {
     /// attempt stays marked unfinished.
     Failed {
         error: &'a str,
+        /// `Error::class` of the failure, for the connection's refresh state.
+        class: &'a str,
         connection_version: i64,
         remember_for: Option<std::time::Duration>,
         outcome_known: bool,
@@ -252,6 +254,17 @@ pub struct RecentFailure {
     pub error: String,
     pub connection_version: i64,
     pub until: OffsetDateTime,
+}
+
+/// A connection's refresh history over all its subjects (every replica's refreshes).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RefreshHistory {
+    /// The last token fetched from the provider.
+    pub refreshed_at: Option<OffsetDateTime>,
+    /// Failed refreshes since the last success, of the subject with the most.
+    pub failures: i64,
+    /// The most recent failure: its `Error::class` and when.
+    pub last_failure: Option<(String, OffsetDateTime)>,
 }
 
 /// Changes other replicas must hear about (PostgreSQL NOTIFY; in-process for SQLite).
@@ -706,6 +719,9 @@ pub trait Store: DataKeyStore + AccessStore {
         connection_id: Uuid,
         subject: &str,
     ) -> Result<Option<RecentFailure>, StoreError>;
+
+    /// The connection's refresh history (GetConnection).
+    async fn refresh_history(&self, connection_id: Uuid) -> Result<RefreshHistory, StoreError>;
 
     /// Tells every replica (including this one) about a change.
     async fn publish(&self, event: &Published) -> Result<(), StoreError>;

@@ -273,6 +273,10 @@ impl Store for UnreachableStore {
     async fn recent_failure(&self, _: Uuid, _: &str) -> Result<Option<RecentFailure>, StoreError> {
         unreachable!("the store must not be used here")
     }
+
+    async fn refresh_history(&self, _: Uuid) -> Result<crate::store::RefreshHistory, StoreError> {
+        unreachable!("the store must not be used here")
+    }
     async fn publish(&self, _: &Published) -> Result<(), StoreError> {
         unreachable!("the store must not be used here")
     }

@@ -10,8 +10,8 @@ use tokenvend_core::{
     ids::{ConnectionKey, ProviderId, TenantId},
     store::{
         AttemptMark, ConnectionRecord, DataKeyStore, GrantRecord, GrantStatus, Lease, LeaseEnd,
-        LeaseWrite, MasterKeyUse, PendingAuthorization, Published, RecentFailure, Store,
-        StoreError, TenantRecord, TokenRecord, WrappedDek,
+        LeaseWrite, MasterKeyUse, PendingAuthorization, Published, RecentFailure, RefreshHistory,
+        Store, StoreError, TenantRecord, TokenRecord, WrappedDek,
     },
 };
 use uuid::Uuid;
@@ -844,14 +844,16 @@ impl Store for SqlStore {
                        lease_until = CASE WHEN generation = $3 THEN NULL ELSE lease_until END, \
                        refresh_attempt_gen = CASE WHEN refresh_attempt_gen = $3 THEN NULL \
                          ELSE refresh_attempt_gen END, \
-                       last_error = NULL, error_version = NULL, error_until = NULL \
+                       last_error = NULL, error_version = NULL, error_until = NULL, \
+                       refreshed_at = $4, failures = 0 \
                      WHERE connection_id = $1 AND subject = $2",
-                    args![connection_id, subject, generation],
+                    args![connection_id, subject, generation, token.fetched_at],
                 )
                 .await?;
             }
             LeaseEnd::Failed {
                 error,
+                class,
                 connection_version,
                 remember_for,
                 outcome_known,
@@ -867,7 +869,8 @@ impl Store for SqlStore {
                        error_version = CASE WHEN $5 IS NULL THEN error_version ELSE $6 END, \
                        error_until = COALESCE({now} + {micros:$5}, error_until), \
                        refresh_attempt_gen = CASE WHEN $7 AND refresh_attempt_gen = $3 THEN NULL \
-                         ELSE refresh_attempt_gen END \
+                         ELSE refresh_attempt_gen END, \
+                       failures = failures + 1, failure_class = $8, failed_at = {now} \
                      WHERE connection_id = $1 AND subject = $2",
                     args![
                         connection_id,
@@ -876,7 +879,8 @@ impl Store for SqlStore {
                         error,
                         remember_for.map(micros),
                         connection_version,
-                        outcome_known
+                        outcome_known,
+                        class
                     ],
                 )
                 .await?;
@@ -932,6 +936,46 @@ impl Store for SqlStore {
             })
         })
         .transpose()
+    }
+
+    async fn refresh_history(&self, connection_id: Uuid) -> Result<RefreshHistory, StoreError> {
+        let totals = self
+            .db
+            .pool()
+            .fetch_optional(
+                "SELECT MAX(refreshed_at) AS refreshed_at, MAX(failures) AS failures \
+                 FROM refresh_leases WHERE connection_id = $1",
+                args![connection_id],
+            )
+            .await?;
+        let last = self
+            .db
+            .pool()
+            .fetch_optional(
+                "SELECT failure_class, failed_at FROM refresh_leases \
+                 WHERE connection_id = $1 AND failed_at IS NOT NULL \
+                 ORDER BY failed_at DESC LIMIT 1",
+                args![connection_id],
+            )
+            .await?;
+        let (refreshed_at, failures) = match totals.as_deref() {
+            Some(r) => (r.opt_time("refreshed_at")?, r.opt_int("failures")?),
+            None => (None, None),
+        };
+        let last_failure = last
+            .as_deref()
+            .map(|r| {
+                Ok::<_, StoreError>((
+                    r.opt_text("failure_class")?.unwrap_or_default(),
+                    r.time("failed_at")?,
+                ))
+            })
+            .transpose()?;
+        Ok(RefreshHistory {
+            refreshed_at,
+            failures: failures.unwrap_or(0),
+            last_failure,
+        })
     }
 
     async fn publish(&self, event: &Published) -> Result<(), StoreError> {

@@ -123,6 +123,7 @@ fn connection_pb(v: ConnectionView) -> pb::Connection {
         settings,
         effective,
         credential_kind,
+        refresh,
     } = v;
     let ConnectionSettings {
         template,
@@ -167,6 +168,18 @@ fn connection_pb(v: ConnectionView) -> pb::Connection {
         default_expires_in_seconds: effective.default_expires_in.as_secs() as i64,
         create_time: Some(timestamp(record.created_at)),
         update_time: Some(timestamp(record.updated_at)),
+        refresh_state: refresh.map(|r| pb::RefreshState {
+            last_refresh_time: r.history.refreshed_at.map(timestamp),
+            next_refresh_time: r.next_refresh_at.map(timestamp),
+            consecutive_failures: r.history.failures,
+            last_error_class: r
+                .history
+                .last_failure
+                .as_ref()
+                .map(|(class, _)| class.clone())
+                .unwrap_or_default(),
+            last_error_time: r.history.last_failure.map(|(_, at)| timestamp(at)),
+        }),
     }
 }
 

@@ -880,6 +880,7 @@ async fn refresh_leases_are_exclusive_and_fenced(s: Arc<dyn Store>) {
             e.generation,
             LeaseEnd::Failed {
                 error: "{\"x\":1}",
+                class: "oauth_error",
                 connection_version: 1,
                 remember_for: Some(std::time::Duration::from_secs(3600)),
                 outcome_known: true
@@ -890,10 +891,28 @@ async fn refresh_leases_are_exclusive_and_fenced(s: Arc<dyn Store>) {
     );
     let f = s.recent_failure(c.id, "").await.unwrap().unwrap();
     assert_eq!((f.error.as_str(), f.connection_version), ("{\"x\":1}", 1));
+    // The connection's refresh history counts it (GetConnection's refresh state).
+    let history = s.refresh_history(c.id).await.unwrap();
+    assert_eq!(history.failures, 1);
+    assert_eq!(history.refreshed_at, Some(late.fetched_at));
+    let (class, failed_at) = history.last_failure.clone().unwrap();
+    assert_eq!(class, "oauth_error");
     // ...and cleared by the next success.
     let g = lease(&s, c.id, "", "replica-g", LONG).await.unwrap();
-    finish(&s, c.id, "", g.generation, fetched(&token(&c, 1, 1000, 8))).await;
+    let renewed = TokenRecord {
+        fetched_at: at(500),
+        ..token(&c, 1, 1000, 8)
+    };
+    finish(&s, c.id, "", g.generation, fetched(&renewed)).await;
     assert!(s.recent_failure(c.id, "").await.unwrap().is_none());
+    let history = s.refresh_history(c.id).await.unwrap();
+    assert_eq!(history.failures, 0, "a success resets the count");
+    assert_eq!(history.refreshed_at, Some(renewed.fetched_at));
+    assert_eq!(
+        history.last_failure,
+        Some(("oauth_error".to_owned(), failed_at)),
+        "the last failure stays visible after a success"
+    );
     // A past `until` is not remembered at all.
     let h = lease(&s, c.id, "", "replica-h", LONG).await.unwrap();
     finish(
@@ -903,6 +922,7 @@ async fn refresh_leases_are_exclusive_and_fenced(s: Arc<dyn Store>) {
         h.generation,
         LeaseEnd::Failed {
             error: "e",
+            class: "unavailable",
             connection_version: 1,
             remember_for: Some(std::time::Duration::ZERO),
             outcome_known: true,
@@ -910,6 +930,14 @@ async fn refresh_leases_are_exclusive_and_fenced(s: Arc<dyn Store>) {
     )
     .await;
     assert!(s.recent_failure(c.id, "").await.unwrap().is_none());
+    let history = s.refresh_history(c.id).await.unwrap();
+    assert_eq!(history.failures, 1);
+    assert_eq!(history.last_failure.unwrap().0, "unavailable");
+    // A connection never refreshed has an empty history.
+    assert_eq!(
+        s.refresh_history(uuid::Uuid::now_v7()).await.unwrap(),
+        Default::default()
+    );
 }
 
 async fn change_feed_reaches_subscribers(s: Arc<dyn Store>) {
@@ -1077,6 +1105,7 @@ async fn a_refresh_attempt_blocks_takeover_until_its_deadline(s: Arc<dyn Store>)
         b.generation,
         LeaseEnd::Failed {
             error: "",
+            class: "oauth_error",
             connection_version: 1,
             remember_for: None,
             outcome_known: false,

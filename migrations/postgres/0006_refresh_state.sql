@@ -1,0 +1,6 @@
+-- Operations (issue 11): each (connection, subject)'s refresh history, for GetConnection's
+-- refresh state — written in the same transaction that ends a refresh lease.
+ALTER TABLE refresh_leases ADD COLUMN refreshed_at timestamptz;
+ALTER TABLE refresh_leases ADD COLUMN failures bigint NOT NULL DEFAULT 0;
+ALTER TABLE refresh_leases ADD COLUMN failure_class text;
+ALTER TABLE refresh_leases ADD COLUMN failed_at timestamptz;
