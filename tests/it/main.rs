@@ -6,6 +6,7 @@
 mod support;
 
 mod authcode;
+mod cli;
 mod destination;
 mod errors;
 mod fleet;

@@ -25,7 +25,15 @@ pub struct Cli {
 /// Loads the config file named by `--config FILE` / `--config=FILE` / `TOKENVEND_CONFIG`
 /// into the environment before the flags are parsed, so every setting keeps one name
 /// whether it comes from a flag, the environment or the file. Variables already set win.
-pub fn load_config_file(args: &[String]) -> Result<Option<PathBuf>, String> {
+/// The config file that was read, and the variables that came from it (for check-config:
+/// a variable already in the environment wins over the file).
+#[derive(Debug, Default)]
+pub struct ConfigFile {
+    pub path: Option<PathBuf>,
+    pub keys: std::collections::BTreeSet<String>,
+}
+
+pub fn load_config_file(args: &[String]) -> Result<ConfigFile, String> {
     let from_args = args.iter().enumerate().find_map(|(i, a)| {
         a.strip_prefix("--config=").map(str::to_owned).or_else(|| {
             (a == "--config")
@@ -34,12 +42,58 @@ pub fn load_config_file(args: &[String]) -> Result<Option<PathBuf>, String> {
         })
     });
     let Some(path) = from_args.or_else(|| std::env::var("TOKENVEND_CONFIG").ok()) else {
-        return Ok(None);
+        return Ok(ConfigFile::default());
     };
     let path = PathBuf::from(path);
-    dotenvy::from_path(&path)
-        .map_err(|e| format!("cannot read the config file {}: {e}", path.display()))?;
-    Ok(Some(path))
+    let unreadable =
+        |e: dotenvy::Error| format!("cannot read the config file {}: {e}", path.display());
+    let mut keys = std::collections::BTreeSet::new();
+    for entry in dotenvy::from_path_iter(&path).map_err(unreadable)? {
+        let (key, _) = entry.map_err(unreadable)?;
+        if std::env::var_os(&key).is_none() {
+            keys.insert(key);
+        }
+    }
+    dotenvy::from_path(&path).map_err(unreadable)?;
+    Ok(ConfigFile {
+        path: Some(path),
+        keys,
+    })
+}
+
+/// A command-line or environment error as one line: for a rejected value, the setting's
+/// variable and flag, the value (never of a secret setting: those are not arguments) and why.
+pub fn arg_error(e: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue};
+    let first_line = || {
+        e.render()
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("error: ")
+            .to_owned()
+    };
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return first_line();
+    };
+    // "--lease-ttl <LEASE_TTL>" → the argument with that long name, in any subcommand.
+    let long = arg.split_whitespace().next().unwrap_or_default();
+    let cli = <Cli as clap::CommandFactory>::command();
+    let env = cli
+        .get_subcommands()
+        .flat_map(|c| c.get_arguments())
+        .find(|a| a.get_long().is_some_and(|l| format!("--{l}") == long))
+        .and_then(|a| a.get_env().map(|v| v.to_string_lossy().into_owned()));
+    match (env, e.get(ContextKind::InvalidValue)) {
+        (Some(env), Some(ContextValue::String(value))) => {
+            let why = std::error::Error::source(e)
+                .map(ToString::to_string)
+                .unwrap_or_else(first_line);
+            format!("invalid {env} ({long}) {value:?}: {why}")
+        }
+        _ => first_line(),
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -8,11 +8,23 @@ use tokenvend_server::{
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    if let Err(e) = tokenvend_server::config::load_config_file(&args) {
-        eprintln!("tokenvend: {e}");
-        return std::process::ExitCode::FAILURE;
-    }
-    let matches = Cli::command().get_matches();
+    let config_file = match tokenvend_server::config::load_config_file(&args) {
+        Ok(file) => file,
+        Err(e) => {
+            eprintln!("tokenvend: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let matches = match Cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) if e.use_stderr() => {
+            // One line naming the setting, with its variable: the value may have come from
+            // the environment, where a flag name would not help.
+            eprintln!("tokenvend: {}", tokenvend_server::config::arg_error(&e));
+            return std::process::ExitCode::FAILURE;
+        }
+        Err(e) => e.exit(), // --help, --version
+    };
     let mut cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
@@ -61,7 +73,7 @@ async fn main() -> std::process::ExitCode {
                 Ok(_) => {
                     println!(
                         "{}",
-                        tokenvend_server::preflight::describe(serve, sub, &args)
+                        tokenvend_server::preflight::describe(serve, sub, &args, &config_file)
                     );
                     println!("# configuration OK");
                     Ok(())

@@ -12,7 +12,7 @@ use tokenvend_core::{
 };
 
 use crate::{
-    config::{DbArgs, ServeArgs},
+    config::{ConfigFile, DbArgs, ServeArgs},
     limits::{Limits, Rate, parse_overrides},
     tls::TlsAcceptor,
 };
@@ -124,7 +124,12 @@ pub fn check_timing(c: &VendorConfig) -> Result<()> {
 
 /// The effective configuration as `check-config` prints it: every setting of `serve` with
 /// its value and where it came from, secrets as set/unset only.
-pub fn describe(serve: &clap::Command, matches: &ArgMatches, args: &ServeArgs) -> String {
+pub fn describe(
+    serve: &clap::Command,
+    matches: &ArgMatches,
+    args: &ServeArgs,
+    file: &ConfigFile,
+) -> String {
     let mut lines = Vec::new();
     for arg in serve.get_arguments() {
         let id = arg.get_id().as_str();
@@ -161,11 +166,18 @@ pub fn describe(serve: &clap::Command, matches: &ArgMatches, args: &ServeArgs) -
         };
         let source = match matches.value_source(id) {
             Some(ValueSource::CommandLine) => "flag",
+            Some(ValueSource::EnvVariable) if file.keys.contains(&name) => "config file",
             Some(ValueSource::EnvVariable) => "environment",
             Some(ValueSource::DefaultValue) => "default",
             _ => "unset",
         };
         lines.push(format!("{name}={value}  # {source}"));
+    }
+    if let Some(path) = &file.path {
+        lines.push(format!(
+            "TOKENVEND_CONFIG={}  # config file read",
+            path.display()
+        ));
     }
     for (name, set) in [
         ("TOKENVEND_DATABASE_URL", args.db.database_url.is_some()),

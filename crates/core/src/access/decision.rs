@@ -168,11 +168,15 @@ impl Authorizer {
 
     /// Rebuilds the snapshot from the store.
     pub async fn reload(&self, store: &dyn Store) -> Result<(), StoreError> {
-        let records = store.load_access().await?;
+        self.replace(store.load_access().await?);
+        Ok(())
+    }
+
+    /// Makes `records` the decision (keeping the last uses seen of keys that stay).
+    pub fn replace(&self, records: AccessRecords) {
         let previous = self.snapshot.load();
         let next = Snapshot::build(records, &previous);
         self.snapshot.store(Arc::new(next));
-        Ok(())
     }
 
     /// Who presented this API key. Every comparison of key material is constant-time.
