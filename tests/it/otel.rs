@@ -263,6 +263,55 @@ async fn exported_trace(protocol: &str) {
         .map(|(svc, _)| svc.clone());
     assert_eq!(service.as_deref(), Some("tokenvend-e2e"));
 
+    // The provider got no trace context: the connection did not opt in.
+    let asked = provider.received_requests().await.unwrap();
+    assert_eq!(asked.len(), 1);
+    assert!(asked[0].headers.get("traceparent").is_none());
+    // A connection that opts in sends the provider request's context onward.
+    let opted = token_provider(token_answer(TOKEN), 1).await;
+    setup_connection(
+        &c,
+        "acme",
+        "q",
+        &token_url(&opted),
+        SECRET,
+        json!({"propagate_trace_context": true}),
+    )
+    .await;
+    c.call_opts(
+        "TokenService/GetToken",
+        json!({"tenant": "acme", "provider": "q"}),
+        traced.clone(),
+    )
+    .await
+    .unwrap();
+    let asked = opted.received_requests().await.unwrap();
+    let sent = asked[0]
+        .headers
+        .get("traceparent")
+        .expect("a traceparent for the opted-in provider")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let parts: Vec<&str> = sent.split('-').collect();
+    assert_eq!(parts.len(), 4, "{sent}");
+    assert_eq!(parts[1], TRACE_ID, "{sent}");
+    assert_ne!(
+        parts[2], PARENT_SPAN_ID,
+        "the provider request's own span: {sent}"
+    );
+    crate::support::wait_until(
+        Duration::from_secs(20),
+        "the provider request span named in the sent traceparent",
+        async || {
+            received
+                .of_trace(TRACE_ID)
+                .iter()
+                .any(|s| s.name == "provider.request" && hex(&s.span_id) == parts[2])
+        },
+    )
+    .await;
+
     // A call without traceparent starts a trace of its own (a root server span).
     c.call(
         "TokenService/GetToken",

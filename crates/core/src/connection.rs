@@ -48,6 +48,9 @@ pub struct ConnectionSettings {
     pub redirect_uri: String,
     /// Lifetime assumed when the provider omits `expires_in`; 0 = the template's.
     pub default_expires_in_secs: i64,
+    /// Send the W3C `traceparent` of the provider request to the provider (off: providers
+    /// are third parties, and a trace id tells them about our internals).
+    pub propagate_trace_context: bool,
 }
 
 /// Scope tokens per RFC 6749 §3.3: no spaces, quotes or backslashes (they are joined with
@@ -91,6 +94,7 @@ pub struct Effective {
     pub extra_params: BTreeMap<String, String>,
     pub redirect_uri: Option<Url>,
     pub default_expires_in: Duration,
+    pub propagate_trace_context: bool,
 }
 
 impl ConnectionSettings {
@@ -245,6 +249,7 @@ impl ConnectionSettings {
             } else {
                 template.default_expires_in_secs
             }),
+            propagate_trace_context: self.propagate_trace_context,
         })
     }
 }
@@ -314,6 +319,7 @@ pub(crate) fn client_credentials_request<'a>(
             .then_some(effective.audience.as_str()),
         extra_params: &effective.extra_params,
         default_expires_in: effective.default_expires_in,
+        propagate_trace_context: effective.propagate_trace_context,
     }
 }
 
@@ -347,6 +353,7 @@ pub(crate) fn user_grant_request<'a>(
         audience: None,
         extra_params: &effective.extra_params,
         default_expires_in: effective.default_expires_in,
+        propagate_trace_context: effective.propagate_trace_context,
     }
 }
 

@@ -29,3 +29,10 @@ pub trait Observer: Send + Sync + 'static {
 pub struct NoObserver;
 
 impl Observer for NoObserver {}
+
+/// The trace context sent to a provider whose connection opted in
+/// (`propagate_trace_context`): the server implements it with OpenTelemetry.
+pub trait TraceContext: Send + Sync + 'static {
+    /// Headers (W3C `traceparent`, `tracestate`) for a request made in the current span.
+    fn headers(&self) -> Vec<(String, String)>;
+}

@@ -150,6 +150,12 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     })
     .context("building the HTTP client")?
     .with_observer(metrics.clone());
+    let tracing_enabled = crate::telemetry::otlp_endpoint().is_some();
+    let client = if tracing_enabled {
+        client.with_trace_context(Arc::new(crate::rpc_trace::W3cTraceContext))
+    } else {
+        client
+    };
     let notifier = Notifier::new(replica.clone());
     let deps = Deps {
         store: store.clone(),
@@ -253,9 +259,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     // The panic layer outermost: it also catches a panic in the layers inside it.
     let grpc = tonic::transport::Server::builder()
         .layer(crate::panic::grpc_layer())
-        .layer(crate::rpc_trace::RpcTraceLayer::new(
-            crate::telemetry::otlp_endpoint().is_some(),
-        ))
+        .layer(crate::rpc_trace::RpcTraceLayer::new(tracing_enabled))
         .layer(lifecycle.grpc_layer())
         .layer(auth)
         .add_service(TokenServiceServer::new(TokenApi::new(

@@ -4,7 +4,8 @@
 //! trace id on every log line written inside the call.
 //!
 //! Installed always, active only when spans are exported (`telemetry`): otherwise the call
-//! passes straight through, with no span and no allocation.
+//! passes straight through, with no span and no allocation. Also here: the trace context
+//! sent onward to providers that opted in.
 
 use std::{
     future::Future,
@@ -135,5 +136,19 @@ impl Extractor for Headers<'_> {
 
     fn keys(&self) -> Vec<&str> {
         self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+/// The current span's trace context as W3C headers, for token requests to providers whose
+/// connection opted in (`propagate_trace_context`). Installed only when spans are exported.
+#[derive(Debug, Default)]
+pub struct W3cTraceContext;
+
+impl tokenvend_core::observe::TraceContext for W3cTraceContext {
+    fn headers(&self) -> Vec<(String, String)> {
+        let mut headers = std::collections::HashMap::new();
+        TraceContextPropagator::new()
+            .inject_context(&tracing::Span::current().context(), &mut headers);
+        headers.into_iter().collect()
     }
 }

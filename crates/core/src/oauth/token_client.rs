@@ -21,7 +21,7 @@ use super::{ProviderError, TokenResponse, parse_token_response};
 use crate::{
     catalog::ClientAuth,
     endpoint::is_internal,
-    observe::{NoObserver, Observer},
+    observe::{NoObserver, Observer, TraceContext},
 };
 
 /// Bodies larger than this are not token responses; reading stops there.
@@ -116,6 +116,9 @@ pub struct TokenRequest<'a> {
     pub audience: Option<&'a str>,
     pub extra_params: &'a BTreeMap<String, String>,
     pub default_expires_in: Duration,
+    /// Send the current trace context (`traceparent`) with the request: the connection
+    /// opted in.
+    pub propagate_trace_context: bool,
 }
 
 #[derive(Clone)]
@@ -124,6 +127,7 @@ pub struct TokenClient {
     config: TokenClientConfig,
     breakers: std::sync::Arc<dashmap::DashMap<String, Breaker>>,
     observer: std::sync::Arc<dyn Observer>,
+    trace_context: Option<std::sync::Arc<dyn TraceContext>>,
 }
 
 impl std::fmt::Debug for TokenClient {
@@ -178,6 +182,7 @@ impl TokenClient {
             config,
             breakers: Default::default(),
             observer: std::sync::Arc::new(NoObserver),
+            trace_context: None,
         })
     }
 
@@ -185,6 +190,12 @@ impl TokenClient {
     /// to `observer`.
     pub fn with_observer(mut self, observer: std::sync::Arc<dyn Observer>) -> Self {
         self.observer = observer;
+        self
+    }
+
+    /// Where the trace context sent to opted-in providers comes from (none: never sent).
+    pub fn with_trace_context(mut self, trace_context: std::sync::Arc<dyn TraceContext>) -> Self {
+        self.trace_context = Some(trace_context);
         self
     }
 
@@ -321,7 +332,14 @@ impl TokenClient {
         for (k, v) in req.extra_params {
             form.push((k, v));
         }
-        let builder = self.authenticated_post(req.token_url, &req.credentials, &mut form)?;
+        let mut builder = self.authenticated_post(req.token_url, &req.credentials, &mut form)?;
+        if req.propagate_trace_context
+            && let Some(trace_context) = &self.trace_context
+        {
+            for (name, value) in trace_context.headers() {
+                builder = builder.header(name, value);
+            }
+        }
         let resp = builder
             .form(&form)
             .send()
@@ -608,6 +626,7 @@ mod tests {
                 audience: None,
                 extra_params: &BTreeMap::new(),
                 default_expires_in: Duration::from_secs(3600),
+                propagate_trace_context: false,
             })
             .await
     }

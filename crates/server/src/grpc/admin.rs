@@ -138,6 +138,7 @@ fn connection_pb(v: ConnectionView) -> pb::Connection {
         extra_params,
         redirect_uri,
         default_expires_in_secs: _, // shown as the effective value below
+        propagate_trace_context,
     } = settings;
     let url = |u: Option<url::Url>| u.map(String::from).unwrap_or_default();
     pb::Connection {
@@ -166,6 +167,7 @@ fn connection_pb(v: ConnectionView) -> pb::Connection {
         secret_fingerprint: record.secret_fingerprint,
         version: record.version,
         default_expires_in_seconds: effective.default_expires_in.as_secs() as i64,
+        propagate_trace_context,
         create_time: Some(timestamp(record.created_at)),
         update_time: Some(timestamp(record.updated_at)),
         refresh_state: refresh.map(|r| pb::RefreshState {
@@ -295,6 +297,7 @@ impl AdminService for AdminApi {
             extra_params,
             redirect_uri,
             default_expires_in_seconds,
+            propagate_trace_context,
         } = req.into_inner();
         let put = PutConnection {
             key: connection_key(tenant, provider)?,
@@ -311,6 +314,7 @@ impl AdminService for AdminApi {
                 extra_params: extra_params.into_iter().collect(),
                 redirect_uri,
                 default_expires_in_secs: default_expires_in_seconds.unwrap_or(0),
+                propagate_trace_context,
             },
             client_secret: Some(SecretString::from(client_secret)),
             api_key: Some(SecretString::from(api_key)),
