@@ -23,4 +23,5 @@ mod rewrap;
 mod security;
 mod shutdown;
 mod stampede;
+mod telemetry_off;
 mod walkthrough;

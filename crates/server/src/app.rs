@@ -139,7 +139,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         tokio::spawn(rewrap_in_background(envelope.clone(), args.rewrap_interval));
     }
     let cache = Arc::new(TokenCache::new());
-    let metrics = Arc::new(Metrics::new(cache.clone()));
+    let metrics = args.metrics.then(|| Arc::new(Metrics::new(cache.clone())));
     let clock = Arc::new(SystemClock);
     let client = TokenClient::new(TokenClientConfig {
         request_timeout: args.provider_timeout,
@@ -148,8 +148,11 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         proxy: provider_proxy,
         ..Default::default()
     })
-    .context("building the HTTP client")?
-    .with_observer(metrics.clone());
+    .context("building the HTTP client")?;
+    let client = match &metrics {
+        Some(metrics) => client.with_observer(metrics.clone()),
+        None => client,
+    };
     let tracing_enabled = crate::telemetry::otlp_endpoint().is_some();
     let client = if tracing_enabled {
         client.with_trace_context(Arc::new(crate::rpc_trace::W3cTraceContext))

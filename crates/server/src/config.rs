@@ -232,6 +232,10 @@ pub struct ServeArgs {
     /// From TOKENVEND_BOOTSTRAP_ADMIN_KEY(_FILE): see `SECRET_SETTINGS_HELP`.
     #[arg(skip)]
     pub bootstrap_admin_key: Option<SecretString>,
+    /// Prometheus metrics on the HTTP port's /metrics (false: no /metrics, and the request
+    /// path records nothing).
+    #[arg(long, env = "TOKENVEND_METRICS", default_value = "true", value_parser = parse_bool)]
+    pub metrics: bool,
     /// Development only: allow http:// and loopback/private provider URLs.
     #[arg(long, env = "TOKENVEND_ALLOW_INSECURE_ENDPOINTS", default_value = "false", value_parser = parse_bool)]
     pub allow_insecure_endpoints: bool,

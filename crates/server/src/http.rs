@@ -33,14 +33,14 @@ struct AppState {
     store: Arc<dyn Store>,
     grants: Arc<Grants>,
     lifecycle: Lifecycle,
-    metrics: Arc<Metrics>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 pub fn router(
     store: Arc<dyn Store>,
     grants: Arc<Grants>,
     lifecycle: Lifecycle,
-    metrics: Arc<Metrics>,
+    metrics: Option<Arc<Metrics>>,
 ) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -59,14 +59,22 @@ pub fn router(
 }
 
 /// Prometheus text exposition format 0.0.4.
-async fn scrape(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(
-            http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        state.metrics.render(),
-    )
+async fn scrape(State(state): State<AppState>) -> axum::response::Response {
+    match &state.metrics {
+        Some(metrics) => (
+            [(
+                http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            metrics.render(),
+        )
+            .into_response(),
+        None => (
+            http::StatusCode::NOT_FOUND,
+            "metrics are off (TOKENVEND_METRICS=false)\n",
+        )
+            .into_response(),
+    }
 }
 
 /// On every callback page, whatever produced it. The page names a tenant and an end user,

@@ -29,7 +29,7 @@ pub struct TokenApi {
     vendor: Arc<Vendor>,
     auditor: Auditor,
     limits: Arc<Limits>,
-    metrics: Arc<Metrics>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl TokenApi {
@@ -37,7 +37,7 @@ impl TokenApi {
         vendor: Arc<Vendor>,
         auditor: Auditor,
         limits: Arc<Limits>,
-        metrics: Arc<Metrics>,
+        metrics: Option<Arc<Metrics>>,
     ) -> Self {
         Self {
             vendor,
@@ -146,14 +146,16 @@ impl TokenService for TokenApi {
         &self,
         req: Request<GetTokenRequest>,
     ) -> Result<Response<GetTokenResponse>, Status> {
-        let started = tokio::time::Instant::now();
+        let started = self.metrics.is_some().then(tokio::time::Instant::now);
         let answer = self.answer_get_token(req).await;
         let outcome = match &answer {
             Ok((_, true)) => GetTokenOutcome::Hit,
             Ok((_, false)) => GetTokenOutcome::Miss,
             Err(_) => GetTokenOutcome::Error,
         };
-        self.metrics.get_token(outcome, started.elapsed());
+        if let (Some(metrics), Some(started)) = (&self.metrics, started) {
+            metrics.get_token(outcome, started.elapsed());
+        }
         tracing::Span::current().record("outcome", outcome.label());
         answer.map(|(response, _)| response)
     }
