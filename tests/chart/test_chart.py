@@ -370,6 +370,7 @@ class T2Manifests(unittest.TestCase):
         full = manifests(render(SCENARIOS["full"]))
         cm = one(full, "ConfigMap")["data"]
         self.assertEqual(cm["OTEL_EXPORTER_OTLP_ENDPOINT"], "http://otel-collector.observability:4317")
+        self.assertEqual(cm["OTEL_EXPORTER_OTLP_PROTOCOL"], "grpc")
         self.assertEqual(cm["OTEL_SERVICE_NAME"], FULLNAME)
         self.assertEqual(cm["TOKENVEND_PUBLIC_URL"], "https://tokenvend.example.com")
 
