@@ -7,6 +7,7 @@ mod support;
 
 mod authcode;
 mod destination;
+mod docs;
 mod errors;
 mod fleet;
 mod grants;
