@@ -13,6 +13,7 @@ mod fleet;
 mod grants;
 mod hardening;
 mod lifecycle;
+mod metrics;
 mod mtls;
 mod providers;
 mod proxy;
