@@ -755,6 +755,8 @@ struct Docs {
     server: Server,
     /// The README's key, the server's bootstrap admin key.
     key: String,
+    /// Where the commands' `localhost:50051` goes: the server's gRPC port.
+    address: String,
     mock: MockServer,
     /// The working directory of every command: certificates for the TLS examples, and
     /// `grpcurl` first on PATH.
@@ -956,6 +958,26 @@ impl Docs {
             "describe tokenvend.v1.TokenService" => {
                 assert!(out.stdout.contains("service TokenService {"), "{at}");
                 assert!(out.stdout.contains("rpc GetToken"), "{at}");
+                // "Their comments are served through reflection" (API and errors): the
+                // descriptors grpcurl received carry the proto's comments.
+                let saved = self.dir.path().join("described.protoset");
+                let status = tokio::process::Command::new(self.dir.path().join("bin/grpcurl"))
+                    .args(["-plaintext", "-protoset-out"])
+                    .arg(&saved)
+                    .arg(&self.address)
+                    .args(["describe", "tokenvend.v1.TokenService"])
+                    .kill_on_drop(true)
+                    .output()
+                    .await
+                    .unwrap()
+                    .status;
+                assert!(status.success(), "{at}: -protoset-out");
+                let descriptors = std::fs::read(&saved).unwrap();
+                let comment = b"GetToken answers a token that stays valid";
+                assert!(
+                    descriptors.windows(comment.len()).any(|w| w == comment),
+                    "{at}: the descriptors carry no comments"
+                );
             }
             "AdminService/CreateTenant" => assert_eq!(j["tenant"], req["tenant"], "{at}"),
             "AdminService/PutConnection" => {
@@ -1239,6 +1261,7 @@ async fn the_docs_grpcurl_commands_run_as_written() {
     let mut docs = Docs {
         server,
         key: key.clone(),
+        address: format!("localhost:{port}"),
         mock,
         dir,
         state: None,
@@ -1287,7 +1310,7 @@ async fn the_docs_grpcurl_commands_run_as_written() {
             docs.run(cmd, &format!("127.0.0.1:{tls_port}"), &key).await
         } else {
             assert_eq!(cmd.address, "localhost:50051", "{}", cmd.at());
-            docs.run(cmd, &format!("localhost:{port}"), &key).await
+            docs.run(cmd, &docs.address, &key).await
         };
         if cmd.flag("cacert") {
             // The mTLS GetToken: the test's provider's token, to the certificate's principal…
