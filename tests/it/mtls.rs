@@ -40,18 +40,18 @@ const BILLING_ID: &str = "spiffe://tokenvend.test/billing";
 
 // ---------------------------------------------------------------- certificates
 
-struct Ca {
+pub(crate) struct Ca {
     issuer: Issuer<'static, KeyPair>,
-    pem: String,
+    pub(crate) pem: String,
     der: CertificateDer<'static>,
 }
 
-struct Leaf {
-    cert_pem: String,
-    key_pem: String,
+pub(crate) struct Leaf {
+    pub(crate) cert_pem: String,
+    pub(crate) key_pem: String,
 }
 
-fn new_ca(name: &str) -> Ca {
+pub(crate) fn new_ca(name: &str) -> Ca {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.distinguished_name = DistinguishedName::new();
     params.distinguished_name.push(DnType::CommonName, name);
@@ -71,7 +71,12 @@ fn new_ca(name: &str) -> Ca {
 }
 
 impl Ca {
-    fn issue(&self, cn: &str, sans: Vec<SanType>, usage: ExtendedKeyUsagePurpose) -> Leaf {
+    pub(crate) fn issue(
+        &self,
+        cn: &str,
+        sans: Vec<SanType>,
+        usage: ExtendedKeyUsagePurpose,
+    ) -> Leaf {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, cn);
@@ -99,7 +104,7 @@ impl Ca {
     }
 
     /// A client certificate with subject CN `cn` and, if given, one URI SAN.
-    fn client(&self, cn: &str, uri: Option<&str>) -> Leaf {
+    pub(crate) fn client(&self, cn: &str, uri: Option<&str>) -> Leaf {
         let sans = uri
             .map(|u| SanType::URI(u.try_into().unwrap()))
             .into_iter()

@@ -1,9 +1,17 @@
 //! Graceful shutdown on SIGTERM: not serving (health, readiness, new calls refused) while the
-//! listeners stay open, then draining the calls in flight, then exit 0; and the drain
-//! deadline, past which calls are cut and the process exits anyway.
+//! listeners stay open, then draining the calls in flight, then exit 0; the same under load
+//! (every call answered OK or refused as shutting down); and the drain deadline, past which
+//! calls are cut and the process exits anyway.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
+use futures::future::join_all;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tonic::{Code, Status, Streaming, transport::Channel};
@@ -214,4 +222,190 @@ async fn calls_past_the_drain_deadline_are_cut_and_the_process_exits() {
         in_flight.await.unwrap().is_err(),
         "the cut call fails on the caller's side"
     );
+}
+
+/// How a looping caller of [`sigterm_under_load_answers_every_call_ok_or_shutting_down`]
+/// ended: its answered calls, then the first refusal (or whatever else ended it).
+struct Caller {
+    ok: usize,
+    end: Result<(), Status>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_under_load_answers_every_call_ok_or_shutting_down() {
+    /// Callers looping on a cached token, over CONNECTIONS HTTP/2 connections.
+    const CALLERS: usize = 32;
+    const CONNECTIONS: usize = 8;
+    /// Cold keys whose fetch is held by the provider when the signal arrives.
+    const COLD: usize = 4;
+    let hot = token_provider(token_answer("hot-token"), 1).await;
+    let cold = slow_provider(PROVIDER_DELAY).await;
+    let mut server = Server::with_env(vec![
+        ("TOKENVEND_SHUTDOWN_DELAY", format!("{}s", DELAY.as_secs())),
+        ("TOKENVEND_SHUTDOWN_TIMEOUT", "20s".into()),
+    ])
+    .await;
+    let admin = server.client().await;
+    setup_connection(&admin, "acme", "hot", &token_url(&hot), "s", json!({})).await;
+    for i in 0..COLD {
+        let p = format!("cold-{i}");
+        setup_connection(&admin, "acme", &p, &token_url(&cold), "s", json!({})).await;
+    }
+    admin
+        .get_token("acme", "hot")
+        .await
+        .expect("warm the cache");
+    let mut clients = Vec::new();
+    for _ in 0..CONNECTIONS {
+        clients.push(server.client().await);
+    }
+    let channel = Channel::from_shared(server.grpc.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut watch = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let next = async |watch: &mut Streaming<HealthCheckResponse>| {
+        tokio::time::timeout(Duration::from_secs(10), watch.message())
+            .await
+            .expect("a health update")
+            .unwrap()
+            .map(|m| m.status())
+    };
+    assert_eq!(next(&mut watch).await, Some(ServingStatus::Serving));
+
+    // Misses in flight: each cold key's fetch has reached the (slow) provider.
+    let in_flight: Vec<_> = (0..COLD)
+        .map(|i| {
+            let c = clients[i % CONNECTIONS].clone();
+            tokio::spawn(async move { c.get_token("acme", &format!("cold-{i}")).await })
+        })
+        .collect();
+    wait_until(
+        Duration::from_secs(10),
+        "every cold key's fetch reached the provider",
+        async || cold.received_requests().await.unwrap().len() == COLD,
+    )
+    .await;
+
+    // Hits in a loop, each caller until its first error (a caller refused goes elsewhere);
+    // bounded in count and time.
+    let answered: Arc<Vec<AtomicUsize>> =
+        Arc::new((0..CALLERS).map(|_| AtomicUsize::new(0)).collect());
+    let callers: Vec<_> = (0..CALLERS)
+        .map(|i| {
+            let c = clients[i % CONNECTIONS].clone();
+            let answered = answered.clone();
+            tokio::spawn(async move {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+                let mut ok = 0;
+                while tokio::time::Instant::now() < deadline && ok < 1_000_000 {
+                    match c.get_token("acme", "hot").await {
+                        Ok(t) => {
+                            assert_eq!(t["access_token"], "hot-token");
+                            ok += 1;
+                            answered[i].fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(e) => return Caller { ok, end: Err(e) },
+                    }
+                }
+                Caller { ok, end: Ok(()) }
+            })
+        })
+        .collect();
+    wait_until(
+        Duration::from_secs(20),
+        "every caller is under way",
+        async || answered.iter().all(|n| n.load(Ordering::SeqCst) >= 10),
+    )
+    .await;
+
+    server.proc.signal(libc::SIGTERM);
+    // Health says NOT_SERVING while the listener still accepts connections.
+    assert_eq!(next(&mut watch).await, Some(ServingStatus::NotServing));
+    assert!(
+        tokio::net::TcpStream::connect(grpc_port(&server))
+            .await
+            .is_ok(),
+        "the listener is still open when health turns NOT_SERVING"
+    );
+    let unfinished = in_flight.iter().filter(|h| !h.is_finished()).count();
+    assert_eq!(
+        unfinished, COLD,
+        "the misses must still be in flight at NOT_SERVING; raise PROVIDER_DELAY if this \
+         machine is that slow"
+    );
+
+    // Every caller: its calls answered OK, then the clear, retryable refusal — no reset, no
+    // transport error for a call made while the listeners were open.
+    for (i, caller) in join_all(callers).await.into_iter().enumerate() {
+        let Caller { ok, end } = caller.unwrap();
+        let refused = end.expect_err("every caller is refused once shutdown has begun");
+        assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+        assert_eq!(
+            refused.message(),
+            "tokenvend is shutting down; retry on another replica",
+            "{refused:?}"
+        );
+        assert!(ok >= 10, "each caller was answered before the signal");
+        assert_eq!(ok, answered[i].load(Ordering::SeqCst));
+    }
+
+    // Then the listener closes; the misses in flight finish with their tokens.
+    server
+        .proc
+        .wait_for_output("draining", Duration::from_secs(10))
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(2),
+        "the gRPC listener is closed once draining",
+        async || {
+            tokio::net::TcpStream::connect(grpc_port(&server))
+                .await
+                .is_err()
+        },
+    )
+    .await;
+    assert_eq!(
+        next(&mut watch).await,
+        None,
+        "the watch ends with the drain"
+    );
+    for call in join_all(in_flight).await {
+        let token = call
+            .unwrap()
+            .expect("a call in flight at SIGTERM completes");
+        assert_eq!(token["access_token"], "slow-token");
+    }
+    assert_eq!(cold.received_requests().await.unwrap().len(), COLD);
+
+    let status = server
+        .proc
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let out = server.output();
+    let phases = [
+        "SIGTERM received: shutting down",
+        "not serving",
+        // The misses and the health watch; every looping caller had been answered.
+        &format!("draining {} calls in flight", COLD + 1),
+        "drained: every call finished",
+        "shut down cleanly",
+    ];
+    let mut from = 0;
+    for phase in phases {
+        let at = out[from..]
+            .find(phase)
+            .unwrap_or_else(|| panic!("no {phase:?} after the previous phase in:\n{out}"));
+        from += at + phase.len();
+    }
 }
