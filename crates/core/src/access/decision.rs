@@ -4,7 +4,6 @@
 //! (`AccessChanged` on the change feed), on a feed gap, and on a periodic safety reload.
 
 use std::{
-    collections::{HashMap, HashSet},
     sync::{
         Arc,
         atomic::{AtomicI64, Ordering},
@@ -13,6 +12,8 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
+// Seeded foldhash: every call looks up a key id and a (tenant, provider) pair here.
+use foldhash::{HashMap, HashMapExt, HashSet};
 use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 

@@ -14,6 +14,7 @@ use tokenvend_proto::v1::{
     token_service_server::TokenService,
 };
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use super::{caller_wait, invalid, status, timestamp};
 use crate::{
@@ -93,18 +94,20 @@ impl TokenApi {
         };
         let (token, hit) = match self.vendor.cached(&key, min_ttl).map_err(status)? {
             Some(token) => (token, true),
+            // A hit builds no span (it would cost more than the lookup); a miss does.
             None => {
-                // Joining a fetch that is already running costs nothing more: only a caller
-                // that would start one spends its budget (so a cold stampede is not refused).
-                if !self.vendor.is_fetching(&key) {
-                    self.within_limit(&caller)?;
-                }
+                let span = tracing::info_span!(
+                    "get_token",
+                    tenant = %key.tenant,
+                    provider = %key.provider,
+                    outcome = tracing::field::Empty,
+                );
                 let token = self
-                    .vendor
-                    .get_token(key, min_ttl, wait)
-                    .await
-                    .map_err(status)?;
-                (token, false)
+                    .miss(&caller, key, min_ttl, wait)
+                    .instrument(span.clone())
+                    .await;
+                span.record("outcome", if token.is_ok() { "miss" } else { "error" });
+                (token?, false)
             }
         };
         let response = Response::new(GetTokenResponse {
@@ -114,6 +117,24 @@ impl TokenApi {
             scopes: token.scopes.clone(),
         });
         Ok((response, hit))
+    }
+
+    async fn miss(
+        &self,
+        caller: &Caller,
+        key: TokenKey,
+        min_ttl: Option<Duration>,
+        wait: Option<Duration>,
+    ) -> Result<Arc<tokenvend_core::cache::CachedToken>, Status> {
+        // Joining a fetch that is already running costs nothing more: only a caller that
+        // would start one spends its budget (so a cold stampede is not refused).
+        if !self.vendor.is_fetching(&key) {
+            self.within_limit(caller)?;
+        }
+        self.vendor
+            .get_token(key, min_ttl, wait)
+            .await
+            .map_err(status)
     }
 
     /// Work the cache cannot answer (a fetch to start, an invalidation) is limited per
@@ -141,7 +162,6 @@ fn token_key(tenant: String, provider: String, subject: String) -> Result<TokenK
 
 #[tonic::async_trait]
 impl TokenService for TokenApi {
-    #[tracing::instrument(skip_all, fields(tenant = %req.get_ref().tenant, provider = %req.get_ref().provider, outcome = tracing::field::Empty))]
     async fn get_token(
         &self,
         req: Request<GetTokenRequest>,
@@ -156,7 +176,6 @@ impl TokenService for TokenApi {
         if let (Some(metrics), Some(started)) = (&self.metrics, started) {
             metrics.get_token(outcome, started.elapsed());
         }
-        tracing::Span::current().record("outcome", outcome.label());
         answer.map(|(response, _)| response)
     }
 
