@@ -102,10 +102,13 @@ impl TokenApi {
                     provider = %key.provider,
                     outcome = tracing::field::Empty,
                 );
-                let token = self
-                    .miss(&caller, key, min_ttl, wait)
-                    .instrument(span.clone())
-                    .await;
+                // Boxed: the fetch's state machine is large, and would otherwise make every
+                // call's (boxed) future as large, hits included.
+                let token = Box::pin(
+                    self.miss(&caller, key, min_ttl, wait)
+                        .instrument(span.clone()),
+                )
+                .await;
                 span.record("outcome", if token.is_ok() { "miss" } else { "error" });
                 (token?, false)
             }
