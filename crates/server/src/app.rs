@@ -22,7 +22,6 @@ use tokenvend_proto::v1::{
     admin_service_server::AdminServiceServer, token_service_server::TokenServiceServer,
 };
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 
@@ -293,7 +292,11 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
                 }
                 None => {
                     grpc.serve_with_incoming_shutdown(
-                        TcpListenerStream::new(grpc_listener),
+                        // TCP_NODELAY: a small answer is sent at once, not held back by
+                        // Nagle's algorithm waiting for more (one call at a time would wait
+                        // for the client's delayed ACK).
+                        tonic::transport::server::TcpIncoming::from(grpc_listener)
+                            .with_nodelay(Some(true)),
                         stop.cancelled_owned(),
                     )
                     .await
