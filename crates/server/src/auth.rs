@@ -16,6 +16,7 @@ use std::{
     task::{Context, Poll},
 };
 
+use futures::future::Either;
 use tokenvend_core::{
     Error,
     access::{Authorizer, Principal},
@@ -201,6 +202,10 @@ pub struct Auth<S> {
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'static>>;
 
+/// The inner service's own future (no allocation: the path of every GetToken), an answer
+/// given here (a refusal), or an audited change that records its outcome once answered.
+type AuthFuture<F, T, E> = Either<F, Either<std::future::Ready<Result<T, E>>, BoxFuture<T, E>>>;
+
 impl Shared {
     /// Who is calling: an API key if one is presented, else a verified client certificate
     /// bound to a principal.
@@ -247,7 +252,7 @@ where
 {
     type Response = http::Response<ResBody>;
     type Error = S::Error;
-    type Future = BoxFuture<Self::Response, S::Error>;
+    type Future = AuthFuture<S::Future, Self::Response, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -258,14 +263,16 @@ where
         let admin = path.starts_with(ADMIN_SERVICE);
         if !admin && !path.starts_with(TOKEN_SERVICE) {
             // Reflection, health, and unknown paths (answered UNIMPLEMENTED by tonic).
-            return Box::pin(self.inner.call(req));
+            return Either::Left(self.inner.call(req));
         }
         // Borrowed from the path: nothing is allocated on the way to a cache hit.
         let action = path.rsplit('/').next().unwrap_or_default();
         let shared = &self.shared;
         let peer = peer_of(&req);
         let answer = |status: Status| -> Self::Future {
-            Box::pin(std::future::ready(Ok(status.into_http::<ResBody>())))
+            Either::Right(Either::Left(std::future::ready(Ok(
+                status.into_http::<ResBody>()
+            ))))
         };
         let principal = match shared.identify(&req) {
             Ok(p) => p,
@@ -296,10 +303,10 @@ where
         req.extensions_mut().insert(Caller { principal, peer });
         let future = self.inner.call(req);
         let Some((action, name, target)) = audited else {
-            return Box::pin(future);
+            return Either::Left(future);
         };
         let auditor = shared.auditor.clone();
-        Box::pin(async move {
+        Either::Right(Either::Right(Box::pin(async move {
             let res = future.await?;
             // A unary error answer is trailers-only: its status is in the headers. No
             // grpc-status there means the call succeeded (the status trails the message).
@@ -323,6 +330,6 @@ where
                 })
                 .await;
             Ok(res)
-        })
+        })))
     }
 }
