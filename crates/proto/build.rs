@@ -20,6 +20,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(env::var("OUT_DIR")?);
     std::fs::write(out.join("tokenvend_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure()
+        // Written by hand (src/token_response.rs) so a cached answer is encoded once.
+        .extern_path(
+            ".tokenvend.v1.GetTokenResponse",
+            "crate::v1::GetTokenResponse",
+        )
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;

@@ -8,12 +8,13 @@
 
 use std::{
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicI64, Ordering},
     },
     time::Duration,
 };
 
+use bytes::Bytes;
 use dashmap::DashMap;
 use secrecy::SecretString;
 use time::OffsetDateTime;
@@ -36,6 +37,9 @@ pub struct CachedToken {
     pub refresh_at: Option<OffsetDateTime>,
     /// Unix seconds of the last cache hit: the refresher renews only tokens in use.
     last_used: AtomicI64,
+    /// The answer to a GetToken for this token, encoded by the server on first use and
+    /// served to every later caller as is. Opaque here: the wire format is the server's.
+    wire: OnceLock<Bytes>,
 }
 
 impl std::fmt::Debug for CachedToken {
@@ -65,6 +69,7 @@ impl CachedToken {
             fresh_from_provider,
             refresh_at,
             last_used: AtomicI64::new(i64::MIN),
+            wire: OnceLock::new(),
         }
     }
 
@@ -76,6 +81,12 @@ impl CachedToken {
         if self.last_used.load(Ordering::Relaxed) != secs {
             self.last_used.store(secs, Ordering::Relaxed);
         }
+    }
+
+    /// The encoded answer for this token: `encode` runs once, on the first call.
+    #[inline]
+    pub fn wire(&self, encode: impl FnOnce(&CachedToken) -> Bytes) -> Bytes {
+        self.wire.get_or_init(|| encode(self)).clone()
     }
 
     /// Whether the token was used at or after `since`.

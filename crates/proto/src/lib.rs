@@ -2,8 +2,11 @@
 
 #![allow(clippy::all, clippy::pedantic, missing_docs)]
 
+mod token_response;
+
 pub mod v1 {
     tonic::include_proto!("tokenvend.v1");
+    pub use crate::token_response::GetTokenResponse;
 }
 
 /// Encoded `FileDescriptorSet` of the tokenvend.v1 protos (with comments), served by

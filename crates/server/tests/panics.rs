@@ -30,11 +30,12 @@ impl TokenService for Panicky {
         if req.get_ref().tenant == "panic" {
             panic!("a handler bug, with request data: {}", req.get_ref().tenant);
         }
-        Ok(Response::new(GetTokenResponse {
-            access_token: format!("token-for-{}", req.get_ref().tenant),
-            token_type: "Bearer".into(),
-            ..Default::default()
-        }))
+        Ok(Response::new(GetTokenResponse::new(
+            format!("token-for-{}", req.get_ref().tenant),
+            "Bearer".into(),
+            None,
+            vec![],
+        )))
     }
 
     async fn invalidate_token(

@@ -113,12 +113,17 @@ impl TokenApi {
                 (token?, false)
             }
         };
-        let response = Response::new(GetTokenResponse {
-            access_token: token.access_token.expose_secret().to_owned(),
-            token_type: "Bearer".to_owned(),
-            expires_at: token.expires_at.map(timestamp),
-            scopes: token.scopes.clone(),
+        // Encoded once per cached token; every later answer shares those bytes.
+        let wire = token.wire(|t| {
+            GetTokenResponse::new(
+                t.access_token.expose_secret().to_owned(),
+                "Bearer".to_owned(),
+                t.expires_at.map(timestamp),
+                t.scopes.clone(),
+            )
+            .to_bytes()
         });
+        let response = Response::new(GetTokenResponse::pre_encoded(wire));
         Ok((response, hit))
     }
 
