@@ -13,6 +13,7 @@ use std::{
     task::{Context, Poll},
 };
 
+use futures::future::Either;
 use tower::{Layer, Service};
 
 use super::{CallGuard, Lifecycle};
@@ -56,7 +57,29 @@ pub struct Gate<S> {
     refuse_prefix: Option<&'static str>,
 }
 
-type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'static>>;
+pin_project_lite::pin_project! {
+    /// The inner call's future, answered with its body counted (no box: every call
+    /// passes here).
+    pub struct Counted<F> {
+        #[pin]
+        future: F,
+        call: Option<CallGuard>,
+    }
+}
+
+impl<F, B, E> Future for Counted<F>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+{
+    type Output = Result<http::Response<Tracked<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let res = std::task::ready!(this.future.poll(cx))?;
+        let call = this.call.take();
+        Poll::Ready(Ok(res.map(|inner| Tracked { inner, _call: call })))
+    }
+}
 
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Gate<S>
 where
@@ -67,7 +90,7 @@ where
 {
     type Response = http::Response<Tracked<ResBody>>;
     type Error = S::Error;
-    type Future = BoxFuture<Self::Response, S::Error>;
+    type Future = Either<std::future::Ready<Result<Self::Response, S::Error>>, Counted<S::Future>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -85,17 +108,13 @@ where
                     inner: body,
                     _call: None,
                 });
-            return Box::pin(std::future::ready(Ok(answer)));
+            return Either::Left(std::future::ready(Ok(answer)));
         }
         // Counted from here until the response body is dropped (sent, or the call cut).
         let call = self.lifecycle.enter();
-        let future = self.inner.call(req);
-        Box::pin(async move {
-            let res = future.await?;
-            Ok(res.map(|inner| Tracked {
-                inner,
-                _call: Some(call),
-            }))
+        Either::Right(Counted {
+            future: self.inner.call(req),
+            call: Some(call),
         })
     }
 }
