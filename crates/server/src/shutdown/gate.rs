@@ -2,7 +2,7 @@
 //! (so the drain can say how many it waited for, or cut) and, once shutdown has begun,
 //! refuses new tokenvend API calls with `UNAVAILABLE`.
 //!
-//! A layer rather than a check in `ApiKeyAuth`: it sees every call before authentication
+//! A layer of its own, outside `AuthLayer`: it sees every call before authentication
 //! (an unauthenticated caller should also be told to go elsewhere), and it sees the
 //! response body, whose end is the true end of a call (a streaming call outlives the
 //! handler's future).
