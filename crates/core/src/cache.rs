@@ -9,7 +9,7 @@
 use std::{
     sync::{
         Arc, OnceLock,
-        atomic::{AtomicI64, Ordering},
+        atomic::{AtomicBool, AtomicI64, Ordering},
     },
     time::Duration,
 };
@@ -19,7 +19,10 @@ use dashmap::DashMap;
 use secrecy::SecretString;
 use time::OffsetDateTime;
 
-use crate::ids::{ConnectionKey, TokenKey};
+use crate::{
+    ids::{ConnectionKey, TokenKey},
+    schedule::Schedule,
+};
 
 /// A token ready to hand out. Shared by every caller through an `Arc`.
 pub struct CachedToken {
@@ -37,6 +40,9 @@ pub struct CachedToken {
     pub refresh_at: Option<OffsetDateTime>,
     /// Unix seconds of the last cache hit: the refresher renews only tokens in use.
     last_used: AtomicI64,
+    /// Set by the refresher when the token came due unused and was left to expire; the next
+    /// hit puts it back on the schedule (see [`CachedToken::touch`]).
+    parked: AtomicBool,
     /// The answer to a GetToken for this token, encoded by the server on first use and
     /// served to every later caller as is. Opaque here: the wire format is the server's.
     wire: OnceLock<Bytes>,
@@ -69,18 +75,36 @@ impl CachedToken {
             fresh_from_provider,
             refresh_at,
             last_used: AtomicI64::new(i64::MIN),
+            parked: AtomicBool::new(false),
             wire: OnceLock::new(),
         }
     }
 
     /// Records a use. The hot path: a relaxed load, and a store only when the second
     /// changed, so concurrent hits on one key share the cache line instead of bouncing it.
+    /// True when the refresher had parked the token as idle: the caller puts it back on the
+    /// schedule (once; the flag is cleared here).
     #[inline]
-    pub fn touch(&self, now: OffsetDateTime) {
+    #[must_use]
+    pub fn touch(&self, now: OffsetDateTime) -> bool {
         let secs = now.unix_timestamp();
         if self.last_used.load(Ordering::Relaxed) != secs {
             self.last_used.store(secs, Ordering::Relaxed);
+            return self.parked.load(Ordering::Relaxed)
+                && self.parked.swap(false, Ordering::AcqRel);
         }
+        false
+    }
+
+    /// The refresher found the token due but unused: it leaves the schedule until a hit.
+    pub fn park(&self) {
+        self.parked.store(true, Ordering::Release);
+    }
+
+    /// Takes the token off the parked list again; true if it was parked (and so nobody else
+    /// rescheduled it in between).
+    pub fn unpark(&self) -> bool {
+        self.parked.swap(false, Ordering::AcqRel)
     }
 
     /// The encoded answer for this token: `encode` runs once, on the first call.
@@ -115,14 +139,36 @@ pub struct Epoch {
 /// foldhash, seeded per map: a hit hashes three strings, and SipHash cost most of it.
 type Hasher = foldhash::fast::RandomState;
 
-#[derive(Default)]
+/// How many locks serialise inserts with retirements (by connection hash).
+const STRIPES: usize = 64;
+
 pub struct TokenCache {
     tokens: DashMap<TokenKey, Arc<CachedToken>, Hasher>,
+    /// Epochs of the connections ever retired; a connection without an entry is at 0, so
+    /// the map costs nothing per cached connection.
     epochs: DashMap<ConnectionKey, u64, Hasher>,
+    /// An insert holds its connection's stripe shared from its epoch check to its insert, a
+    /// retirement holds it exclusively while it bumps the epoch and drops the tokens: no
+    /// insert can fall in between, and no lock exists per connection.
+    stripes: [std::sync::RwLock<()>; STRIPES],
+    /// Renewal ahead of expiry, by due time.
+    schedule: Schedule<CachedToken>,
     /// Bumped by `retire_all`. A std `RwLock`, not an atomic: an insert holds it shared from
     /// its check to its insert, so a `retire_all` (exclusive) can never fall in between.
     /// Never held across an await; the hit path does not touch it.
     all: std::sync::RwLock<u64>,
+}
+
+impl Default for TokenCache {
+    fn default() -> Self {
+        Self {
+            tokens: DashMap::default(),
+            epochs: DashMap::default(),
+            stripes: std::array::from_fn(|_| std::sync::RwLock::new(())),
+            schedule: Schedule::default(),
+            all: std::sync::RwLock::new(0),
+        }
+    }
 }
 
 impl TokenCache {
@@ -145,6 +191,11 @@ impl TokenCache {
         }
     }
 
+    fn stripe(&self, conn: &ConnectionKey) -> &std::sync::RwLock<()> {
+        use std::hash::BuildHasher;
+        &self.stripes[self.epochs.hasher().hash_one(conn) as usize % STRIPES]
+    }
+
     /// Inserts unless the connection (or the whole cache) was retired since `epoch` was
     /// read. Returns whether it did.
     pub fn insert_if_current(&self, key: TokenKey, token: Arc<CachedToken>, epoch: Epoch) -> bool {
@@ -153,31 +204,53 @@ impl TokenCache {
             return false;
         }
         let conn = key.connection();
-        let guard = self.epochs.entry(conn).or_insert(0);
-        if *guard != epoch.connection {
+        let stripe = self.stripe(&conn).read().unwrap_or_else(|p| p.into_inner());
+        if self.epochs.get(&conn).map_or(0, |e| *e) != epoch.connection {
             return false;
         }
+        if let Some(at) = token.refresh_at {
+            self.schedule.add(at, key.clone(), &token);
+        }
         self.tokens.insert(key, token);
-        drop(guard);
+        drop(stripe);
         drop(all);
         true
     }
 
     /// Drops the connection's tokens and fences off fetches that started before.
     pub fn retire_connection(&self, conn: &ConnectionKey) {
-        let mut guard = self.epochs.entry(conn.clone()).or_insert(0);
-        *guard += 1;
+        let stripe = self.stripe(conn).write().unwrap_or_else(|p| p.into_inner());
+        *self.epochs.entry(conn.clone()).or_insert(0) += 1;
         self.tokens
             .retain(|k, _| !(k.tenant == conn.tenant && k.provider == conn.provider));
-        drop(guard);
+        drop(stripe);
     }
 
-    /// Every cached token, for the background refresher (a snapshot; no lock kept).
-    pub fn snapshot(&self) -> Vec<(TokenKey, Arc<CachedToken>)> {
-        self.tokens
-            .iter()
-            .map(|e| (e.key().clone(), e.value().clone()))
-            .collect()
+    /// The next cached token due for renewal at `now`, taken off the schedule. Entries whose
+    /// token was since replaced or dropped are skipped (and so forgotten).
+    pub fn pop_due(&self, now: OffsetDateTime) -> Option<(TokenKey, Arc<CachedToken>)> {
+        while let Some((key, weak)) = self.schedule.pop_due(now) {
+            let Some(token) = weak.upgrade() else {
+                continue;
+            };
+            if self
+                .get(&key)
+                .is_some_and(|current| Arc::ptr_eq(&current, &token))
+            {
+                return Some((key, token));
+            }
+        }
+        None
+    }
+
+    /// Puts a token back on the schedule, due at `at` (a parked token that is in use again).
+    pub fn reschedule(&self, at: OffsetDateTime, key: TokenKey, token: &Arc<CachedToken>) {
+        self.schedule.add(at, key, token);
+    }
+
+    /// Schedule entries waiting, stale ones included (for tests and the scale bench).
+    pub fn scheduled(&self) -> usize {
+        self.schedule.len()
     }
 
     /// Forgets everything (the change feed had a gap): tokens reload from the store, and
@@ -287,6 +360,47 @@ mod tests {
         assert!(!cache.insert_if_current(a.clone(), token(exp), ea));
         assert!(cache.get(&a).is_none());
         assert!(cache.insert_if_current(a.clone(), token(exp), cache.epoch(&a.connection())));
+    }
+
+    /// The refresher's tick takes what is due and nothing else: a hundred thousand idle
+    /// tokens not yet due are neither returned nor taken off the schedule.
+    #[test]
+    fn due_tokens_come_off_the_schedule_without_visiting_idle_ones() {
+        let cache = TokenCache::new();
+        let t0 = datetime!(2026-01-01 0:00 UTC);
+        let scheduled = |p: &str, due: OffsetDateTime| {
+            let k = key(p);
+            let t = Arc::new(CachedToken::new(
+                SecretString::from("t"),
+                Some(due + time::Duration::hours(1)),
+                vec![],
+                None,
+                true,
+                Some(due),
+            ));
+            assert!(cache.insert_if_current(k.clone(), t, cache.epoch(&k.connection())));
+        };
+        for i in 0..100_000 {
+            scheduled(&format!("idle{i}"), t0 + time::Duration::hours(1));
+        }
+        for i in 0..10 {
+            scheduled(&format!("due{i}"), t0 + time::Duration::seconds(i));
+        }
+        // a replaced token's entry is stale and skipped
+        scheduled("due0", t0 + time::Duration::hours(2));
+        assert_eq!(cache.scheduled(), 100_011);
+        let now = t0 + time::Duration::seconds(30);
+        let mut due = Vec::new();
+        while let Some((k, _)) = cache.pop_due(now) {
+            due.push(k.provider.to_string());
+        }
+        let want: Vec<String> = (1..10).map(|i| format!("due{i}")).collect();
+        assert_eq!(due, want, "in due order, the replaced one skipped");
+        assert_eq!(
+            cache.scheduled(),
+            100_001,
+            "the idle ones and the replacement stay"
+        );
     }
 
     /// Regression (issue 8.5): `retire_all` bumped only the epochs of connections seen

@@ -72,17 +72,47 @@ impl Notifier {
     }
 }
 
-/// Tasks waiting for another replica's refresh of a key.
+/// Tasks waiting for another replica's refresh of a key. An entry lives only while a task
+/// holds its handle, so the map costs what is being waited on now, not every key ever used.
 #[derive(Default)]
 pub struct Waiters {
-    keys: DashMap<TokenKey, Arc<Notify>>,
+    keys: Arc<DashMap<TokenKey, Arc<Notify>>>,
+}
+
+/// A task's interest in one key's wake-ups; dropping the last one removes the key's entry.
+pub struct WaitHandle {
+    notify: Option<Arc<Notify>>,
+    key: TokenKey,
+    keys: Arc<DashMap<TokenKey, Arc<Notify>>>,
+}
+
+impl std::ops::Deref for WaitHandle {
+    type Target = Notify;
+    fn deref(&self) -> &Notify {
+        self.notify.as_deref().expect("present until drop")
+    }
+}
+
+impl Drop for WaitHandle {
+    fn drop(&mut self) {
+        drop(self.notify.take());
+        // Under the shard lock: a concurrent `handle` either cloned before (count > 1, the
+        // entry stays) or comes after and makes a new entry.
+        self.keys
+            .remove_if(&self.key, |_, n| Arc::strong_count(n) == 1);
+    }
 }
 
 impl Waiters {
     /// The key's wake-up handle. Register interest (`Notify::notified` + `enable`) *before*
     /// checking the store, so a lease that ends in between still wakes the waiter.
-    pub fn handle(&self, key: &TokenKey) -> Arc<Notify> {
-        self.keys.entry(key.clone()).or_default().clone()
+    pub fn handle(&self, key: &TokenKey) -> WaitHandle {
+        let notify = self.keys.entry(key.clone()).or_default().clone();
+        WaitHandle {
+            notify: Some(notify),
+            key: key.clone(),
+            keys: self.keys.clone(),
+        }
     }
 
     pub fn wake(&self, key: &TokenKey) {
@@ -95,6 +125,15 @@ impl Waiters {
         for n in self.keys.iter() {
             n.notify_waiters();
         }
+    }
+
+    /// Keys with a waiting task.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
     }
 }
 
@@ -162,5 +201,48 @@ pub async fn apply_events(
                 waiters.wake_all();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(p: &str) -> TokenKey {
+        TokenKey {
+            tenant: TenantId::parse("acme").unwrap(),
+            provider: ProviderId::parse(p).unwrap(),
+            subject: Subject::client(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_key_is_remembered_only_while_someone_waits_on_it() {
+        let waiters = Waiters::default();
+        let a = waiters.handle(&key("p"));
+        let b = waiters.handle(&key("p"));
+        let other = waiters.handle(&key("q"));
+        assert_eq!(waiters.len(), 2);
+        // both handles share one Notify: a wake reaches b
+        {
+            let woken = b.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            waiters.wake(&key("p"));
+            woken.await;
+        }
+        drop(a);
+        assert_eq!(waiters.len(), 2, "b still waits on p");
+        drop(b);
+        assert_eq!(waiters.len(), 1, "p forgotten with its last waiter");
+        drop(other);
+        assert!(waiters.is_empty());
+        for i in 0..10_000 {
+            drop(waiters.handle(&key(&format!("k{i}"))));
+        }
+        assert!(
+            waiters.is_empty(),
+            "keys waited on once cost nothing afterwards"
+        );
     }
 }

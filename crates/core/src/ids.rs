@@ -2,11 +2,15 @@
 
 use std::fmt;
 
+/// Ids are short: up to 24 bytes are kept inline, so building or cloning a key (the handler
+/// does it on every call, the cache and its schedule hold one per token) allocates nothing.
+use compact_str::CompactString;
+
 use crate::input::InvalidInput;
 
 /// A slug: `[a-z0-9][a-z0-9-]{0,62}`. Used for tenants and providers because it is safe in
 /// URLs, log lines, metric labels and SQL keys alike, and cannot be confused by case.
-fn parse_slug(field: &'static str, value: String) -> Result<String, InvalidInput> {
+fn parse_slug(field: &'static str, value: &str) -> Result<CompactString, InvalidInput> {
     let bytes = value.as_bytes();
     let valid = !bytes.is_empty()
         && bytes.len() <= 63
@@ -15,7 +19,7 @@ fn parse_slug(field: &'static str, value: String) -> Result<String, InvalidInput
             .iter()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
     if valid {
-        Ok(value)
+        Ok(CompactString::new(value))
     } else if value.is_empty() {
         Err(InvalidInput::new(field, "is required"))
     } else {
@@ -30,12 +34,12 @@ macro_rules! slug_type {
     ($(#[$doc:meta])* $name:ident, $field:literal) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(String);
+        pub struct $name(CompactString);
 
         impl $name {
             /// Parses a slug; the error names the field.
-            pub fn parse(value: impl Into<String>) -> Result<Self, InvalidInput> {
-                parse_slug($field, value.into()).map(Self)
+            pub fn parse(value: impl AsRef<str>) -> Result<Self, InvalidInput> {
+                parse_slug($field, value.as_ref()).map(Self)
             }
 
             pub fn as_str(&self) -> &str {
@@ -77,11 +81,11 @@ slug_type!(
 /// The end user of an authorization-code grant; `""` means the connection's own client
 /// credentials. Stored NOT NULL so (connection, subject) stays a unique key in both databases.
 #[derive(Clone, PartialEq, Eq, Hash, Default)]
-pub struct Subject(String);
+pub struct Subject(CompactString);
 
 impl Subject {
-    pub fn parse(value: impl Into<String>) -> Result<Self, InvalidInput> {
-        let value = value.into();
+    pub fn parse(value: impl AsRef<str>) -> Result<Self, InvalidInput> {
+        let value = value.as_ref();
         if value.len() > 255 {
             return Err(InvalidInput::new("subject", "must be at most 255 bytes"));
         }
@@ -91,12 +95,12 @@ impl Subject {
                 "must not contain control characters",
             ));
         }
-        Ok(Self(value))
+        Ok(Self(CompactString::new(value)))
     }
 
     /// The client-credentials (no end user) subject.
     pub fn client() -> Self {
-        Self(String::new())
+        Self(CompactString::default())
     }
 
     pub fn as_str(&self) -> &str {

@@ -24,6 +24,7 @@ pub mod oauth;
 pub mod observe;
 pub mod paging;
 pub mod refresh;
+pub mod schedule;
 pub mod secrets;
 pub mod store;
 #[cfg(feature = "test-util")]

@@ -27,7 +27,35 @@ pub struct Vendor {
     inner: Arc<Refresher>,
     flights: SingleFlight<TokenKey, Arc<CachedToken>, Error>,
     /// When each key was last invalidated, for `invalidate_min_interval`.
-    invalidated_at: dashmap::DashMap<TokenKey, OffsetDateTime>,
+    invalidated_at: RecentInvalidations,
+}
+
+/// When each key was last invalidated. An entry older than the minimum interval means
+/// nothing; they are swept whenever the map has doubled since the last sweep, so it holds
+/// about the keys invalidated within one interval, not every key ever invalidated, at an
+/// amortised constant cost per invalidation.
+#[derive(Default)]
+struct RecentInvalidations {
+    at: dashmap::DashMap<TokenKey, OffsetDateTime>,
+    sweep_at: std::sync::atomic::AtomicUsize,
+}
+
+impl RecentInvalidations {
+    /// Below this many entries there is no sweep at all.
+    const SWEEP_MIN: usize = 1024;
+
+    fn last(&self, key: &TokenKey) -> Option<OffsetDateTime> {
+        self.at.get(key).map(|t| *t)
+    }
+
+    fn record(&self, key: TokenKey, now: OffsetDateTime, interval: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.at.insert(key, now);
+        if self.at.len() >= self.sweep_at.load(Relaxed).max(Self::SWEEP_MIN) {
+            self.at.retain(|_, t| now - *t < interval);
+            self.sweep_at.store(self.at.len() * 2, Relaxed);
+        }
+    }
 }
 
 impl Vendor {
@@ -44,7 +72,7 @@ impl Vendor {
                 waiters: Arc::new(Waiters::default()),
             }),
             flights: SingleFlight::new(),
-            invalidated_at: dashmap::DashMap::new(),
+            invalidated_at: RecentInvalidations::default(),
         }
     }
 
@@ -105,7 +133,10 @@ impl Vendor {
         // One map read, one Arc clone, no await before the answer.
         let now = self.inner.clock.now();
         if let Some(token) = self.inner.cache.get(key) {
-            token.touch(now);
+            if token.touch(now) {
+                // Parked as idle when it came due; in use again, so renew it now.
+                self.inner.cache.reschedule(now, key.clone(), &token);
+            }
             if token.valid_for(now, min_ttl) {
                 return Ok(Some(token));
             }
@@ -172,7 +203,7 @@ impl Vendor {
         let digest = Sha256::digest(reported);
         let conn = load_connection_of(self.inner.store.as_ref(), &key.connection()).await?;
         let now = self.inner.clock.now();
-        if let Some(last) = self.invalidated_at.get(&key).map(|t| *t) {
+        if let Some(last) = self.invalidated_at.last(&key) {
             let since = now - last;
             let interval = self.inner.config.invalidate_min_interval;
             if since < interval {
@@ -208,7 +239,8 @@ impl Vendor {
         });
         if in_store || in_memory {
             tracing::info!(tenant = %key.tenant, provider = %key.provider, "token invalidated by a caller");
-            self.invalidated_at.insert(key, now);
+            let interval = self.inner.config.invalidate_min_interval;
+            self.invalidated_at.record(key, now, interval);
         }
         Ok(in_store || in_memory)
     }
@@ -240,21 +272,30 @@ impl Vendor {
     }
 
     /// Starts a background renewal of every cached token that is due (see
-    /// `VendorConfig::refresh_point`) and was used since it was fetched; idle ones are left
-    /// to expire. Returns the renewals started, at most `limit` (bounded concurrency).
+    /// `VendorConfig::refresh_point`) and was used since it was fetched; idle ones are
+    /// parked, left to expire unless a hit brings them back. Returns the renewals started,
+    /// at most `limit` (bounded concurrency); what is left stays due for the next call.
+    /// The cost is per due token: idle tokens not yet due are never looked at.
     pub fn refresh_due(self: &Arc<Self>, limit: usize) -> Vec<tokio::task::JoinHandle<()>> {
         let now = self.inner.clock.now();
         let mut started = Vec::new();
-        for (key, token) in self.inner.cache.snapshot() {
-            if started.len() >= limit {
+        while started.len() < limit {
+            let Some((key, token)) = self.inner.cache.pop_due(now) else {
                 break;
-            }
-            let (Some(refresh_at), Some(expires_at)) = (token.refresh_at, token.expires_at) else {
+            };
+            let (Some(_), Some(expires_at)) = (token.refresh_at, token.expires_at) else {
                 continue;
             };
-            let fetched_at = expires_at - token.issued_lifetime.unwrap_or_default();
-            if now < refresh_at || now >= expires_at || !token.used_since(fetched_at) {
+            if now >= expires_at {
                 continue;
+            }
+            let fetched_at = expires_at - token.issued_lifetime.unwrap_or_default();
+            if !token.used_since(fetched_at) {
+                token.park();
+                // A hit between the check and the park did not see the flag: look again.
+                if !(token.used_since(fetched_at) && token.unpark()) {
+                    continue;
+                }
             }
             // Demand more life than the current token has left: only a newer one will do.
             let left: Duration = (expires_at - now).try_into().unwrap_or_default();
@@ -265,7 +306,7 @@ impl Vendor {
                     .join_fetch(&key, min_ttl, this.inner.config.max_wait, this.inner.config.max_wait)
                     .await;
                 // The renewed token starts unused: if nobody asks for it before its own
-                // refresh point, it is left to expire.
+                // refresh point, it is parked and left to expire.
                 let observer = this.inner.client.observer();
                 match r {
                     Ok(_) => {
@@ -275,6 +316,12 @@ impl Vendor {
                     Err(e) => {
                         observer.refresh_ahead("failed");
                         tracing::warn!(tenant = %key.tenant, provider = %key.provider, error = %e, "renewal ahead of expiry failed; the current token is served while it lasts");
+                        // Try again shortly while the old token is still the one served.
+                        let cache = &this.inner.cache;
+                        if cache.get(&key).is_some_and(|t| Arc::ptr_eq(&t, &token)) {
+                            let at = this.inner.clock.now() + RENEWAL_RETRY;
+                            cache.reschedule(at, key.clone(), &token);
+                        }
                     }
                 }
             }));
@@ -294,6 +341,10 @@ impl Vendor {
         }
     }
 }
+
+/// How soon a failed renewal ahead of expiry is tried again (a definitive provider error is
+/// then answered from the negative cache, without a provider call).
+const RENEWAL_RETRY: time::Duration = time::Duration::seconds(1);
 
 fn unsatisfiable(min_ttl: Duration, lifetime: Duration) -> Error {
     Error::MinTtlUnsatisfiable {
@@ -316,6 +367,72 @@ mod tests {
         ids::{ProviderId, Subject, TenantId, TokenKey},
         testing::warm_vendor,
     };
+
+    fn key(p: &str) -> TokenKey {
+        TokenKey {
+            tenant: TenantId::parse("acme").unwrap(),
+            provider: ProviderId::parse(p).unwrap(),
+            subject: Subject::client(),
+        }
+    }
+
+    #[test]
+    fn recent_invalidations_forget_what_is_older_than_the_interval() {
+        let recent = super::RecentInvalidations::default();
+        let interval = std::time::Duration::from_secs(10);
+        let t0 = datetime!(2026-01-01 0:00 UTC);
+        for i in 0..5000 {
+            recent.record(key(&format!("old{i}")), t0, interval);
+        }
+        assert_eq!(recent.at.len(), 5000, "all within the interval: kept");
+        let t1 = t0 + time::Duration::seconds(11);
+        for i in 0..5000 {
+            recent.record(key(&format!("new{i}")), t1, interval);
+        }
+        assert_eq!(
+            recent.at.len(),
+            5000,
+            "the entries past the interval are swept once the map doubled"
+        );
+        assert!(recent.last(&key("old0")).is_none());
+        assert_eq!(recent.last(&key("new0")), Some(t1));
+    }
+
+    /// A token that comes due unused is parked, not renewed and not looked at again each
+    /// tick; the next hit puts it back on the schedule, due at once.
+    #[tokio::test]
+    async fn an_idle_token_is_parked_at_its_due_time_and_a_hit_brings_it_back() {
+        let k = key("p");
+        let clock = ManualClock::new(datetime!(2026-01-01 0:00 UTC));
+        let token = Arc::new(CachedToken::new(
+            SecretString::from("t"),
+            Some(clock.now() + time::Duration::seconds(1000)),
+            vec![],
+            Some(std::time::Duration::from_secs(1000)),
+            true,
+            Some(clock.now() + time::Duration::seconds(800)),
+        ));
+        let vendor = Arc::new(warm_vendor(&k, token, Arc::new(clock.clone())));
+        assert_eq!(vendor.cache().scheduled(), 1);
+        assert!(vendor.refresh_due(8).is_empty(), "not due yet");
+        assert_eq!(vendor.cache().scheduled(), 1);
+        clock.advance(time::Duration::seconds(850));
+        // Due but never used since it was fetched: parked. (A renewal would reach the store,
+        // which panics here.)
+        assert!(vendor.refresh_due(8).is_empty());
+        assert_eq!(vendor.cache().scheduled(), 0, "taken off the schedule");
+        assert!(vendor.refresh_due(8).is_empty());
+        // A hit: back on the schedule, due now.
+        assert!(vendor.cached(&k, None).unwrap().is_some());
+        assert_eq!(vendor.cache().scheduled(), 1);
+        let (due, _) = vendor.cache().pop_due(clock.now()).expect("due at once");
+        assert_eq!(due, k);
+        // Further hits do not add entries.
+        assert!(vendor.cached(&k, None).unwrap().is_some());
+        clock.advance(time::Duration::seconds(1));
+        assert!(vendor.cached(&k, None).unwrap().is_some());
+        assert_eq!(vendor.cache().scheduled(), 0);
+    }
 
     #[test]
     fn a_hit_answers_without_awaiting_or_touching_the_store() {

@@ -3,6 +3,8 @@
 //!
 //! `cargo bench -p tokenvend-server --bench stampede` (needs what `scripts/test` needs).
 //! The provider is a mock that answers after 100 ms, like a nearby token endpoint.
+//! `STAMPEDE_CALLERS` (default 1000) and `STAMPEDE_REPLICAS` (default `1,3`) change the
+//! load, e.g. `STAMPEDE_CALLERS=10000 STAMPEDE_REPLICAS=1` for issue 12's 10 000 callers.
 
 #[allow(dead_code)]
 #[path = "../../../tests/it/support.rs"]
@@ -15,7 +17,19 @@ use serde_json::json;
 use tokenvend_testkit::postgres::PgCluster;
 use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};
 
-const CALLERS: usize = 1000;
+fn callers() -> usize {
+    std::env::var("STAMPEDE_CALLERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
+}
+
+fn replica_counts() -> Vec<usize> {
+    std::env::var("STAMPEDE_REPLICAS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 3])
+}
 const ROUNDS: usize = 5;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -27,6 +41,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    let callers = callers();
     rt.block_on(async {
         let provider = MockServer::start().await;
         Mock::given(method("POST"))
@@ -41,7 +56,7 @@ fn main() {
         println!("| replicas | callers per round | rounds | upstream requests per round | p50 wait | p99 wait | max wait |");
         println!("|---|---|---|---|---|---|---|");
         let mut servers = Vec::new();
-        for replicas in [1usize, 3] {
+        for replicas in replica_counts() {
             while servers.len() < replicas {
                 servers.push(
                     support::Server::start(support::Opts {
@@ -67,7 +82,7 @@ fn main() {
                 let provider_slug = format!("r{replicas}-{round}");
                 let path = format!("/{provider_slug}");
                 support::setup_connection(&admin, "bench", &provider_slug, &format!("{}{path}", provider.uri()), "s", json!({})).await;
-                let calls = (0..CALLERS).map(|i| {
+                let calls = (0..callers).map(|i| {
                     let c = clients[i % clients.len()].clone();
                     let req = support::get_token_req("bench", &provider_slug);
                     async move {
@@ -88,7 +103,7 @@ fn main() {
             }
             waits.sort();
             println!(
-                "| {replicas} | {CALLERS} | {ROUNDS} | {} | {:.1} ms | {:.1} ms | {:.1} ms |",
+                "| {replicas} | {callers} | {ROUNDS} | {} | {:.1} ms | {:.1} ms | {:.1} ms |",
                 upstream.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", "),
                 percentile(&waits, 0.5).as_secs_f64() * 1e3,
                 percentile(&waits, 0.99).as_secs_f64() * 1e3,
