@@ -26,8 +26,8 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
-    cargo build --release --locked -p tokenvend-server --bin tokenvend \
- && install -D -m 0755 target/release/tokenvend /out/tokenvend \
+    cargo build --profile dist --locked -p tokenvend-server --bin tokenvend \
+ && install -D -m 0755 target/dist/tokenvend /out/tokenvend \
  && mkdir -p /out/empty-data-dir
 
 FROM ${RUNTIME_IMAGE} AS runtime

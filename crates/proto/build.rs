@@ -25,6 +25,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".tokenvend.v1.GetTokenResponse",
             "crate::v1::GetTokenResponse",
         )
+        // Small per-call buffers instead of tonic's 8 KiB each way (src/codec.rs).
+        .codec_path("crate::codec::SmallBufferCodec")
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;

@@ -806,7 +806,7 @@ class T4Dockerfile(unittest.TestCase):
         rust_version = re.search(r'^rust-version\s*=\s*"([0-9.]+)"', cargo, re.M).group(1)
         self.assertEqual(image.split(":")[1].split("-")[0], rust_version, "the builder image follows rust-version")
         run = " ".join(r for w, r in self.build if w == "RUN")
-        self.assertIn("cargo build --release --locked -p tokenvend-server --bin tokenvend", run)
+        self.assertIn("cargo build --profile dist --locked -p tokenvend-server --bin tokenvend", run)
         self.assertIn("--mount=type=cache", run)
         self.assertNotIn("protoc", run.replace("protox", ""))
         env = " ".join(r for w, r in self.build if w == "ENV")

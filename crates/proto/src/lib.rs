@@ -2,6 +2,7 @@
 
 #![allow(clippy::all, clippy::pedantic, missing_docs)]
 
+pub mod codec;
 mod token_response;
 
 pub mod v1 {

@@ -19,7 +19,10 @@ use tokenvend_core::{
     ids::{ProviderId, Subject, TenantId, TokenKey},
     testing::{UnreachableStore, warm_vendor},
 };
-use tokenvend_proto::v1::{GetTokenRequest, token_service_server::TokenService};
+use tokenvend_proto::v1::{
+    GetTokenRequest,
+    token_service_server::{TokenService, TokenServiceServer},
+};
 use tokenvend_server::{
     auth::{AuthLayer, Caller},
     grpc::token::TokenApi,
@@ -138,4 +141,93 @@ fn auth_layer(b: Bencher) {
             .unwrap()
     })
     .bench_local_values(|req| black_box(service.call(req).now_or_never().unwrap().unwrap()));
+}
+
+/// A gRPC request as it leaves hyper: the framed message in the body, the caller on it.
+fn grpc_request(authorizer: &Authorizer) -> http::Request<tonic::body::Body> {
+    use prost::Message;
+    let msg = GetTokenRequest {
+        tenant: "acme".into(),
+        provider: "p".into(),
+        min_ttl_seconds: None,
+        subject: String::new(),
+    }
+    .encode_to_vec();
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&msg);
+    let mut req = http::Request::builder()
+        .method("POST")
+        .uri("/tokenvend.v1.TokenService/GetToken")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(tonic::body::Body::new(http_body_util::Full::new(
+            bytes::Bytes::from(framed),
+        )))
+        .unwrap();
+    req.extensions_mut().insert(Caller {
+        principal: authorizer.authenticate_key(KEY).unwrap(),
+        peer: None,
+    });
+    req
+}
+
+fn answer_of<S>(service: &mut S, req: http::Request<tonic::body::Body>) -> bytes::Bytes
+where
+    S: Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>>,
+    S::Error: std::fmt::Debug,
+{
+    use http_body_util::BodyExt;
+    let res = service
+        .call(req)
+        .now_or_never()
+        .expect("a hit never waits")
+        .unwrap();
+    res.into_body()
+        .collect()
+        .now_or_never()
+        .expect("the answer is ready")
+        .unwrap()
+        .to_bytes()
+}
+
+/// The GetToken service as tonic runs it, with the gRPC codec (request decoded, the
+/// pre-encoded answer framed), called directly.
+#[divan::bench]
+fn grpc_service_direct(b: Bencher) {
+    let (api, authorizer) = api(true);
+    let mut service = TokenServiceServer::new(api);
+    b.with_inputs(|| grpc_request(&authorizer))
+        .bench_local_values(|req| black_box(answer_of(&mut service, req)));
+}
+
+/// The same through tonic's router (`Routes`, path routing by axum) with the services the
+/// server registers beside it, as `Server::builder().add_service(..)` runs it.
+#[divan::bench]
+fn grpc_service_routed(b: Bencher) {
+    let (api, authorizer) = api(true);
+    let (_, health) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tokenvend_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .unwrap();
+    let mut service = tonic::service::Routes::new(TokenServiceServer::new(api))
+        .add_service(health)
+        .add_service(reflection)
+        .prepare();
+    b.with_inputs(|| grpc_request(&authorizer))
+        .bench_local_values(|req| black_box(answer_of(&mut service, req)));
+}
+
+/// The same through the server's `FastPath`: GetToken straight to its service, everything
+/// else through the router above.
+#[divan::bench]
+fn grpc_service_fast_path(b: Bencher) {
+    let (api, authorizer) = api(true);
+    let (_, health) = tonic_health::server::health_reporter();
+    let token = TokenServiceServer::new(api);
+    let routes = tonic::service::Routes::new(token.clone()).add_service(health);
+    let mut service = tokenvend_server::grpc::fast_path::FastPath::new(token, routes);
+    b.with_inputs(|| grpc_request(&authorizer))
+        .bench_local_values(|req| black_box(answer_of(&mut service, req)));
 }

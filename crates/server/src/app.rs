@@ -259,17 +259,13 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
 
     let stop_accepting = CancellationToken::new();
     // The panic layer outermost: it also catches a panic in the layers inside it.
-    let grpc = tonic::transport::Server::builder()
-        .layer(crate::panic::grpc_layer())
-        .layer(crate::rpc_trace::RpcTraceLayer::new(tracing_enabled))
-        .layer(lifecycle.grpc_layer())
-        .layer(auth)
-        .add_service(TokenServiceServer::new(TokenApi::new(
-            vendor.clone(),
-            auditor,
-            limits,
-            metrics.clone(),
-        )))
+    let token_service = TokenServiceServer::new(TokenApi::new(
+        vendor.clone(),
+        auditor,
+        limits,
+        metrics.clone(),
+    ));
+    let routes = tonic::service::Routes::new(token_service.clone())
         .add_service(AdminServiceServer::new(AdminApi::new(
             admin,
             grants.clone(),
@@ -278,6 +274,13 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
+    // GetToken skips the router (see `grpc::fast_path`); the layers apply to every call.
+    let service = crate::grpc::fast_path::FastPath::new(token_service, routes);
+    let grpc = tonic::transport::Server::builder()
+        .layer(crate::panic::grpc_layer())
+        .layer(crate::rpc_trace::RpcTraceLayer::new(tracing_enabled))
+        .layer(lifecycle.grpc_layer())
+        .layer(auth);
     let grpc = {
         let stop = stop_accepting.clone();
         async move {
@@ -285,6 +288,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
                 Some(acceptor) => {
                     let _reloader = acceptor.spawn_reloader(stop.clone());
                     grpc.serve_with_incoming_shutdown(
+                        service,
                         acceptor.incoming(grpc_listener),
                         stop.cancelled_owned(),
                     )
@@ -292,6 +296,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
                 }
                 None => {
                     grpc.serve_with_incoming_shutdown(
+                        service,
                         // TCP_NODELAY: a small answer is sent at once, not held back by
                         // Nagle's algorithm waiting for more (one call at a time would wait
                         // for the client's delayed ACK).

@@ -1024,7 +1024,8 @@ mod structured_input {
         }
         let refresh_token = match &doc.refresh_token {
             None | Some(Hv::Null) => None,
-            Some(Hv::Str(t, _)) if t.is_empty() => None,
+            // Blank counts as none issued, like the parser.
+            Some(Hv::Str(t, _)) if t.trim().is_empty() => None,
             Some(Hv::Str(t, _)) if visible(t) => Some(t.clone()),
             Some(_) => return Want::BadResponse,
         };

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod callers;
+pub mod fast_path;
 pub mod token;
 
 use std::time::Duration;
