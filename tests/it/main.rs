@@ -27,3 +27,4 @@ mod shutdown;
 mod stampede;
 mod telemetry_off;
 mod walkthrough;
+mod watch;

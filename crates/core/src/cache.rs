@@ -22,6 +22,7 @@ use time::OffsetDateTime;
 use crate::{
     ids::{ConnectionKey, TokenKey},
     schedule::Schedule,
+    watch::Watched,
 };
 
 /// A token ready to hand out. Shared by every caller through an `Arc`.
@@ -157,6 +158,8 @@ pub struct TokenCache {
     /// its check to its insert, so a `retire_all` (exclusive) can never fall in between.
     /// Never held across an await; the hit path does not touch it.
     all: std::sync::RwLock<u64>,
+    /// Keys with `WatchToken` streams, told about every change of their token.
+    watched: Watched,
 }
 
 impl Default for TokenCache {
@@ -167,6 +170,7 @@ impl Default for TokenCache {
             stripes: std::array::from_fn(|_| std::sync::RwLock::new(())),
             schedule: Schedule::default(),
             all: std::sync::RwLock::new(0),
+            watched: Watched::default(),
         }
     }
 }
@@ -211,10 +215,16 @@ impl TokenCache {
         if let Some(at) = token.refresh_at {
             self.schedule.add(at, key.clone(), &token);
         }
-        self.tokens.insert(key, token);
+        self.tokens.insert(key.clone(), token);
         drop(stripe);
         drop(all);
+        self.watched.changed(&key);
         true
+    }
+
+    /// The keys watched (`WatchToken`), told about every change made here.
+    pub fn watched(&self) -> &Watched {
+        &self.watched
     }
 
     /// Drops the connection's tokens and fences off fetches that started before.
@@ -224,6 +234,7 @@ impl TokenCache {
         self.tokens
             .retain(|k, _| !(k.tenant == conn.tenant && k.provider == conn.provider));
         drop(stripe);
+        self.watched.connection_changed(conn);
     }
 
     /// The next cached token due for renewal at `now`, taken off the schedule. Entries whose
@@ -260,16 +271,23 @@ impl TokenCache {
         *all += 1;
         self.tokens.clear();
         drop(all);
+        self.watched.all_changed();
     }
 
     /// Drops one token (e.g. after a new authorization or a refused refresh).
     pub fn remove(&self, key: &TokenKey) {
-        self.tokens.remove(key);
+        if self.tokens.remove(key).is_some() {
+            self.watched.changed(key);
+        }
     }
 
     /// Drops one token (e.g. reported dead), unless it was already replaced.
     pub fn remove_if(&self, key: &TokenKey, pred: impl FnOnce(&CachedToken) -> bool) -> bool {
-        self.tokens.remove_if(key, |_, v| pred(v)).is_some()
+        let removed = self.tokens.remove_if(key, |_, v| pred(v)).is_some();
+        if removed {
+            self.watched.changed(key);
+        }
+        removed
     }
 
     pub fn len(&self) -> usize {

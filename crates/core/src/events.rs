@@ -151,6 +151,7 @@ pub async fn apply_events(
     replica: Arc<str>,
     cache: Arc<TokenCache>,
     waiters: Arc<Waiters>,
+    on_remote_lease_end: impl Fn(TokenKey),
 ) {
     let mut rx = store.subscribe();
     loop {
@@ -174,6 +175,9 @@ pub async fn apply_events(
             } => {
                 if let Some(k) = token_key(&tenant, &provider, &subject) {
                     waiters.wake(&k);
+                    if !own {
+                        on_remote_lease_end(k);
+                    }
                 }
             }
             StoreEvent::TokenInvalidated {

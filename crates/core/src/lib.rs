@@ -30,6 +30,7 @@ pub mod store;
 #[cfg(feature = "test-util")]
 pub mod testing;
 pub mod vend;
+pub mod watch;
 
 pub use deps::Deps;
 pub use error::{Error, Result};

@@ -595,6 +595,33 @@ fn reauthorize(key: &TokenKey, detail: &'static str) -> Error {
     }
 }
 
+/// After another replica renewed `key`: its new token from the store into the cache (so
+/// this replica's watchers get it), if it outlives the cached one. Failures are only
+/// logged: the watchers then renew it themselves before their `min_ttl`.
+pub(crate) async fn reload_stored(inner: &Refresher, key: TokenKey) {
+    let epoch = inner.cache.epoch(&key.connection());
+    let loaded = async {
+        let conn = load_connection_of(inner.store.as_ref(), &key.connection()).await?;
+        stored_token(inner, &conn, &key, Duration::ZERO).await
+    }
+    .await;
+    match loaded {
+        Ok(Some(token)) => {
+            let newer = inner
+                .cache
+                .get(&key)
+                .is_none_or(|cached| cached.expires_at < token.expires_at);
+            if newer {
+                inner.cache.insert_if_current(key, token, epoch);
+            }
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(tenant = %key.tenant, provider = %key.provider, error = %e, "could not load the token another replica renewed; watchers here renew it themselves");
+        }
+    }
+}
+
 /// The shared store's token, if it belongs to the current connection version and lives
 /// at least `min_ttl` longer.
 async fn stored_token(

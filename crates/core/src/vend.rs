@@ -19,7 +19,8 @@ use crate::{
     events::Waiters,
     flight::{SingleFlight, Waited},
     ids::TokenKey,
-    refresh::{Refresher, fetch},
+    refresh::{Refresher, fetch, reload_stored},
+    watch::TokenWatch,
 };
 
 pub struct Vendor {
@@ -78,6 +79,17 @@ impl Vendor {
 
     pub fn config(&self) -> &VendorConfig {
         &self.inner.config
+    }
+
+    pub fn clock(&self) -> &Arc<dyn crate::clock::Clock> {
+        &self.inner.clock
+    }
+
+    /// A watch on `key` (`WatchToken`): its current token, then each replacement, each
+    /// valid for at least `min_ttl` (None: the server default). While it lives the key
+    /// counts as in use for refresh-ahead.
+    pub fn watch(self: &Arc<Self>, key: TokenKey, min_ttl: Option<Duration>) -> TokenWatch {
+        TokenWatch::new(self.clone(), key, self.min_ttl(min_ttl))
     }
 
     /// A token for `key` valid for at least `min_ttl` (None: the server default), waiting at
@@ -260,13 +272,23 @@ impl Vendor {
         &self.inner.cache
     }
 
-    /// Applies other replicas' changes to memory (until the store's feed closes).
+    /// Applies other replicas' changes to memory (until the store's feed closes). A token
+    /// another replica renewed is loaded from the store at once if someone here watches
+    /// its key, so the watchers get it without asking.
     pub async fn apply_events(&self) {
+        let inner = self.inner.clone();
+        let on_remote_lease_end = move |key: TokenKey| {
+            if inner.cache.watched().contains(&key) {
+                let inner = inner.clone();
+                tokio::spawn(async move { reload_stored(&inner, key).await });
+            }
+        };
         crate::events::apply_events(
             self.inner.store.clone(),
             self.inner.notifier.replica().into(),
             self.inner.cache.clone(),
             self.inner.waiters.clone(),
+            on_remote_lease_end,
         )
         .await;
     }
@@ -290,7 +312,9 @@ impl Vendor {
                 continue;
             }
             let fetched_at = expires_at - token.issued_lifetime.unwrap_or_default();
-            if !token.used_since(fetched_at) {
+            // A watched key is in use: its watchers want the renewal pushed to them.
+            let in_use = token.used_since(fetched_at) || self.inner.cache.watched().contains(&key);
+            if !in_use {
                 token.park();
                 // A hit between the check and the park did not see the flag: look again.
                 if !(token.used_since(fetched_at) && token.unpark()) {

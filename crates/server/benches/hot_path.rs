@@ -65,7 +65,14 @@ fn api(metrics: bool) -> (TokenApi, Arc<Authorizer>) {
     ));
     let metrics = metrics.then(|| Arc::new(Metrics::new(vendor.cache().clone())));
     let authorizer = Arc::new(Authorizer::new(Some(KEY), Arc::new(SystemClock)));
-    (TokenApi::new(vendor, auditor, limits, metrics), authorizer)
+    let watch = tokenvend_server::grpc::watch::WatchDeps {
+        authorizer: authorizer.clone(),
+        stop: tokio_util::sync::CancellationToken::new(),
+    };
+    (
+        TokenApi::new(vendor, auditor, limits, metrics, watch),
+        authorizer,
+    )
 }
 
 fn request(authorizer: &Authorizer) -> tonic::Request<GetTokenRequest> {

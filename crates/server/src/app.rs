@@ -224,7 +224,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         notifier.clone(),
         deps.clock.clone(),
     ));
-    let auth = AuthLayer::new(authorizer, auditor.clone(), limits.clone());
+    let auth = AuthLayer::new(authorizer.clone(), auditor.clone(), limits.clone());
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tokenvend_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -264,6 +264,12 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         auditor,
         limits,
         metrics.clone(),
+        crate::grpc::watch::WatchDeps {
+            authorizer,
+            // WatchToken streams end when draining starts, so their clients reconnect to
+            // another replica while the listeners close.
+            stop: stop_accepting.clone(),
+        },
     ));
     let routes = tonic::service::Routes::new(token_service.clone())
         .add_service(AdminServiceServer::new(AdminApi::new(
@@ -277,6 +283,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     // GetToken skips the router (see `grpc::fast_path`); the layers apply to every call.
     let service = crate::grpc::fast_path::FastPath::new(token_service, routes);
     let grpc = tonic::transport::Server::builder()
+        // HTTP/2 pings keep idle connections (and their WatchToken streams) alive through
+        // proxies and load balancers, and find dead peers.
+        .http2_keepalive_interval(Some(args.grpc_keepalive).filter(|d| !d.is_zero()))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .layer(crate::panic::grpc_layer())
         .layer(crate::rpc_trace::RpcTraceLayer::new(tracing_enabled))
         .layer(lifecycle.grpc_layer())

@@ -19,7 +19,7 @@ use std::{
 use futures::future::Either;
 use tokenvend_core::{
     Error,
-    access::{Authorizer, Principal},
+    access::{Authorizer, Credential, Principal},
     audit::{AuditEntry, Auditor},
 };
 use tonic::{Code, Status};
@@ -224,6 +224,14 @@ impl Shared {
         ))
     }
 
+    /// What `identify` accepted, to be checked again later (see `Credential`).
+    fn credential<B>(&self, req: &http::Request<B>) -> Credential {
+        match bearer(req) {
+            Ok(Some(key)) => self.authorizer.key_credential(key),
+            _ => Credential::Certificate(crate::tls::peer_identities(req)),
+        }
+    }
+
     fn refuse(
         &self,
         principal: &str,
@@ -290,6 +298,8 @@ where
                 }));
             }
         }
+        // A stream checks its caller again when keys or permissions change.
+        let credential = (action == "WatchToken").then(|| shared.credential(&req));
         let audited = (admin && !is_read(action)).then(|| {
             (
                 action.to_owned(),
@@ -299,6 +309,9 @@ where
         });
         if let Some((_, _, target)) = &audited {
             req.extensions_mut().insert(target.clone());
+        }
+        if let Some(credential) = credential {
+            req.extensions_mut().insert(credential);
         }
         req.extensions_mut().insert(Caller { principal, peer });
         let future = self.inner.call(req);

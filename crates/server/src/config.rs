@@ -302,6 +302,10 @@ pub struct ServeArgs {
     /// 503 and new calls refused (UNAVAILABLE), so load balancers notice before they close.
     #[arg(long, env = "TOKENVEND_SHUTDOWN_DELAY", default_value = "5s", value_parser = parse_duration)]
     pub shutdown_delay: Duration,
+    /// Interval of the HTTP/2 keep-alive pings on gRPC connections (0: none), so idle
+    /// connections and their WatchToken streams survive proxies and load balancers.
+    #[arg(long, env = "TOKENVEND_GRPC_KEEPALIVE", default_value = "30s", value_parser = parse_duration)]
+    pub grpc_keepalive: Duration,
     /// Then, how long calls in flight may take to finish before they are cut. Delay plus
     /// timeout must stay under the orchestrator's kill deadline (Kubernetes: 30 s).
     #[arg(long, env = "TOKENVEND_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]

@@ -48,6 +48,8 @@ pub struct Metrics {
     singleflight_joined: IntCounter,
     refresh_ahead: IntCounterVec,
     cached_tokens: IntGauge,
+    watch_streams: IntGauge,
+    watch_pushes: IntCounter,
     lease_wait: Histogram,
 }
 
@@ -107,6 +109,16 @@ impl Metrics {
             "Tokens held in this replica's memory",
         )
         .expect("valid metric");
+        let watch_streams = IntGauge::new(
+            "tokenvend_watch_streams",
+            "WatchToken streams open on this replica",
+        )
+        .expect("valid metric");
+        let watch_pushes = IntCounter::new(
+            "tokenvend_watch_pushes_total",
+            "Tokens pushed on WatchToken streams after the first (replacements)",
+        )
+        .expect("valid metric");
         let lease_wait = Histogram::with_opts(histogram(
             "tokenvend_lease_wait_seconds",
             "How long a fetch waited for another replica's refresh of the same key",
@@ -119,6 +131,8 @@ impl Metrics {
             Box::new(singleflight_joined.clone()),
             Box::new(refresh_ahead.clone()),
             Box::new(cached_tokens.clone()),
+            Box::new(watch_streams.clone()),
+            Box::new(watch_pushes.clone()),
             Box::new(lease_wait.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -136,8 +150,22 @@ impl Metrics {
             singleflight_joined,
             refresh_ahead,
             cached_tokens,
+            watch_streams,
+            watch_pushes,
             lease_wait,
         }
+    }
+
+    pub fn watch_opened(&self) {
+        self.watch_streams.inc();
+    }
+
+    pub fn watch_closed(&self) {
+        self.watch_streams.dec();
+    }
+
+    pub fn watch_pushed(&self) {
+        self.watch_pushes.inc();
     }
 
     pub fn get_token(&self, outcome: GetTokenOutcome, took: Duration) {

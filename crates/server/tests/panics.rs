@@ -44,6 +44,15 @@ impl TokenService for Panicky {
     ) -> Result<Response<InvalidateTokenResponse>, Status> {
         Err(Status::unimplemented("not in this test"))
     }
+
+    type WatchTokenStream = tokio_stream::Empty<Result<GetTokenResponse, Status>>;
+
+    async fn watch_token(
+        &self,
+        _: Request<GetTokenRequest>,
+    ) -> Result<Response<Self::WatchTokenStream>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
 }
 
 fn get_token(tenant: &str) -> GetTokenRequest {

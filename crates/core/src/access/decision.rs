@@ -136,11 +136,23 @@ impl Snapshot {
     }
 }
 
+/// What a caller presented, kept by a long-lived call (`WatchToken`) to be checked again
+/// whenever keys or permissions change. No secret: an API key is kept by its id (its
+/// digest was verified when the call began).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Credential {
+    ApiKey(String),
+    Bootstrap,
+    Certificate(Vec<String>),
+}
+
 /// Authenticates callers against the in-memory snapshot.
 pub struct Authorizer {
     snapshot: ArcSwap<Snapshot>,
     bootstrap: Option<([u8; 32], Arc<Principal>)>,
     clock: Arc<dyn Clock>,
+    /// Bumped on every new snapshot: long-lived calls check their caller again.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Authorizer {
@@ -164,6 +176,58 @@ impl Authorizer {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             bootstrap,
             clock,
+            changes: tokio::sync::watch::channel(0).0,
+        }
+    }
+
+    /// Changes whenever the decision is rebuilt (keys, principals or permissions may differ).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// What to check again later for a caller that presented `presented` (already
+    /// authenticated by [`Authorizer::authenticate_key`]).
+    pub fn key_credential(&self, presented: &str) -> Credential {
+        match (keys::key_id(presented), &self.bootstrap) {
+            (Some(id), _) if self.snapshot.load().keys.contains_key(id) => {
+                Credential::ApiKey(id.to_owned())
+            }
+            (_, Some((sha256, _))) if bool::from(keys::digest(presented).ct_eq(sha256)) => {
+                Credential::Bootstrap
+            }
+            (id, _) => Credential::ApiKey(id.unwrap_or_default().to_owned()),
+        }
+    }
+
+    /// The caller behind `credential` as the decision stands now: an error once its key
+    /// was revoked or expired, or its certificate unbound.
+    pub fn recheck(&self, credential: &Credential) -> Result<Arc<Principal>, Error> {
+        match credential {
+            Credential::ApiKey(id) => {
+                let snapshot = self.snapshot.load();
+                let entry = snapshot
+                    .keys
+                    .get(id)
+                    .ok_or(Error::Unauthenticated("the API key was revoked"))?;
+                if entry.expires_at.is_some_and(|at| at <= self.clock.now()) {
+                    return Err(Error::Unauthenticated("the API key has expired"));
+                }
+                Ok(entry.principal.clone())
+            }
+            Credential::Bootstrap => {
+                self.bootstrap
+                    .as_ref()
+                    .map(|(_, p)| p.clone())
+                    .ok_or(Error::Unauthenticated(
+                        "the bootstrap key is not configured",
+                    ))
+            }
+            Credential::Certificate(identities) => {
+                self.authenticate_certificate(identities)
+                    .ok_or(Error::Unauthenticated(
+                        "the client certificate is no longer bound to a principal",
+                    ))
+            }
         }
     }
 
@@ -178,6 +242,7 @@ impl Authorizer {
         let previous = self.snapshot.load();
         let next = Snapshot::build(records, &previous);
         self.snapshot.store(Arc::new(next));
+        self.changes.send_modify(|n| *n += 1);
     }
 
     /// Who presented this API key. Every comparison of key material is constant-time.

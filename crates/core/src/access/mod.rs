@@ -7,4 +7,4 @@ mod decision;
 pub mod keys;
 
 pub use admin::{Callers, CreatedKey, NewPrincipal};
-pub use decision::{Authorizer, BOOTSTRAP, Principal};
+pub use decision::{Authorizer, BOOTSTRAP, Credential, Principal};

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod callers;
 pub mod fast_path;
 pub mod token;
+pub mod watch;
 
 use std::time::Duration;
 

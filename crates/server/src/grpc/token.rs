@@ -5,7 +5,9 @@ use std::{sync::Arc, time::Duration};
 use secrecy::ExposeSecret;
 use tokenvend_core::{
     InvalidInput,
+    access::Credential,
     audit::Auditor,
+    cache::CachedToken,
     ids::{ProviderId, Subject, TenantId, TokenKey},
     vend::Vendor,
 };
@@ -16,7 +18,10 @@ use tokenvend_proto::v1::{
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use super::{caller_wait, invalid, status, timestamp};
+use super::{
+    caller_wait, invalid, status, timestamp,
+    watch::{WatchDeps, WatchStream, Watcher},
+};
 use crate::{
     auth::Caller,
     limits::Limits,
@@ -31,6 +36,7 @@ pub struct TokenApi {
     auditor: Auditor,
     limits: Arc<Limits>,
     metrics: Option<Arc<Metrics>>,
+    watch: WatchDeps,
 }
 
 impl TokenApi {
@@ -39,12 +45,14 @@ impl TokenApi {
         auditor: Auditor,
         limits: Arc<Limits>,
         metrics: Option<Arc<Metrics>>,
+        watch: WatchDeps,
     ) -> Self {
         Self {
             vendor,
             auditor,
             limits,
             metrics,
+            watch,
         }
     }
 
@@ -75,23 +83,7 @@ impl TokenApi {
         let wait = caller_wait(req.metadata());
         let r = req.get_ref();
         let caller = self.authorize(&req, "GetToken", &r.tenant, &r.provider, &r.subject)?;
-        let GetTokenRequest {
-            tenant,
-            provider,
-            min_ttl_seconds,
-            subject,
-        } = req.into_inner();
-        let key = token_key(tenant, provider, subject)?;
-        let min_ttl = match min_ttl_seconds {
-            None | Some(0) => None,
-            Some(n) if !(0..=MAX_MIN_TTL_SECS).contains(&n) => {
-                return Err(invalid(InvalidInput::new(
-                    "min_ttl_seconds",
-                    format!("must be between 0 and {MAX_MIN_TTL_SECS}"),
-                )));
-            }
-            Some(n) => Some(Duration::from_secs(n as u64)),
-        };
+        let (key, min_ttl) = parse_request(req.into_inner())?;
         let (token, hit) = match self.vendor.cached(&key, min_ttl).map_err(status)? {
             Some(token) => (token, true),
             // A hit builds no span (it would cost more than the lookup); a miss does.
@@ -113,18 +105,46 @@ impl TokenApi {
                 (token?, false)
             }
         };
-        // Encoded once per cached token; every later answer shares those bytes.
-        let wire = token.wire(|t| {
-            GetTokenResponse::new(
-                t.access_token.expose_secret().to_owned(),
-                "Bearer".to_owned(),
-                t.expires_at.map(timestamp),
-                t.scopes.clone(),
-            )
-            .to_bytes()
-        });
-        let response = Response::new(GetTokenResponse::pre_encoded(wire));
-        Ok((response, hit))
+        Ok((Response::new(answer(&token)), hit))
+    }
+
+    async fn open_watch(&self, req: Request<GetTokenRequest>) -> Result<WatchStream, Status> {
+        let r = req.get_ref();
+        let caller = self.authorize(&req, "WatchToken", &r.tenant, &r.provider, &r.subject)?;
+        let credential = req
+            .extensions()
+            .get::<Credential>()
+            .cloned()
+            .ok_or_else(|| {
+                status(tokenvend_core::Error::Internal(
+                    "no credential on the request: the auth layer is missing".into(),
+                ))
+            })?;
+        let (tenant, provider, subject) = (r.tenant.clone(), r.provider.clone(), r.subject.clone());
+        let (key, min_ttl) = parse_request(req.into_inner())?;
+        // Limited like a GetToken that misses: only a stream that starts a fetch spends budget.
+        if self.vendor.cached(&key, min_ttl).map_err(status)?.is_none()
+            && !self.vendor.is_fetching(&key)
+        {
+            self.within_limit(&caller)?;
+        }
+        let mut watch = self.vendor.watch(key, min_ttl);
+        // The first token decides the call's status, as it would for GetToken.
+        let first = watch.next().await.map_err(status)?;
+        Ok(Watcher {
+            watch,
+            first: Some(first),
+            caller,
+            credential,
+            tenant,
+            provider,
+            subject,
+            deps: self.watch.clone(),
+            auditor: self.auditor.clone(),
+            metrics: self.metrics.clone(),
+            answer,
+        }
+        .into_stream())
     }
 
     async fn miss(
@@ -160,6 +180,43 @@ impl TokenApi {
     }
 }
 
+/// The answer for a cached token, encoded once per token; every later answer (GetToken or
+/// WatchToken) shares those bytes.
+fn answer(token: &CachedToken) -> GetTokenResponse {
+    let wire = token.wire(|t| {
+        GetTokenResponse::new(
+            t.access_token.expose_secret().to_owned(),
+            "Bearer".to_owned(),
+            t.expires_at.map(timestamp),
+            t.scopes.clone(),
+        )
+        .to_bytes()
+    });
+    GetTokenResponse::pre_encoded(wire)
+}
+
+/// The key and `min_ttl` a GetToken or WatchToken asks for.
+fn parse_request(req: GetTokenRequest) -> Result<(TokenKey, Option<Duration>), Status> {
+    let GetTokenRequest {
+        tenant,
+        provider,
+        min_ttl_seconds,
+        subject,
+    } = req;
+    let key = token_key(tenant, provider, subject)?;
+    let min_ttl = match min_ttl_seconds {
+        None | Some(0) => None,
+        Some(n) if !(0..=MAX_MIN_TTL_SECS).contains(&n) => {
+            return Err(invalid(InvalidInput::new(
+                "min_ttl_seconds",
+                format!("must be between 0 and {MAX_MIN_TTL_SECS}"),
+            )));
+        }
+        Some(n) => Some(Duration::from_secs(n as u64)),
+    };
+    Ok((key, min_ttl))
+}
+
 fn token_key(tenant: String, provider: String, subject: String) -> Result<TokenKey, Status> {
     Ok(TokenKey {
         tenant: TenantId::parse(tenant).map_err(invalid)?,
@@ -185,6 +242,16 @@ impl TokenService for TokenApi {
             metrics.get_token(outcome, started.elapsed());
         }
         answer.map(|(response, _)| response)
+    }
+
+    type WatchTokenStream = WatchStream;
+
+    #[tracing::instrument(skip_all, fields(tenant = %req.get_ref().tenant, provider = %req.get_ref().provider))]
+    async fn watch_token(
+        &self,
+        req: Request<GetTokenRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        self.open_watch(req).await.map(Response::new)
     }
 
     #[tracing::instrument(skip_all, fields(tenant = %req.get_ref().tenant, provider = %req.get_ref().provider))]
