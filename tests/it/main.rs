@@ -7,6 +7,7 @@ mod support;
 
 mod authcode;
 mod cli;
+mod client;
 mod destination;
 mod docs;
 mod errors;
