@@ -22,7 +22,7 @@ use time::OffsetDateTime;
 use crate::{
     ids::{ConnectionKey, TokenKey},
     schedule::Schedule,
-    watch::Watched,
+    watched::Watched,
 };
 
 /// A token ready to hand out. Shared by every caller through an `Arc`.

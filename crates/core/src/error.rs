@@ -158,4 +158,19 @@ impl Error {
     }
 }
 
+impl Error {
+    /// Whether asking again later may succeed: the provider or the store was unavailable,
+    /// or a wait or limit ran out. A watch outlives these while its token is valid.
+    pub fn is_transient(&self) -> bool {
+        match self.root() {
+            Error::Provider(p) => p.is_transient(),
+            Error::Store(StoreError::Database(_))
+            | Error::DeadlineExceeded(_)
+            | Error::RateLimited { .. }
+            | Error::Aborted(_) => true,
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;

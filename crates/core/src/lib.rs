@@ -31,6 +31,7 @@ pub mod store;
 pub mod testing;
 pub mod vend;
 pub mod watch;
+pub mod watched;
 
 pub use deps::Deps;
 pub use error::{Error, Result};

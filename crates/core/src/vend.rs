@@ -20,7 +20,6 @@ use crate::{
     flight::{SingleFlight, Waited},
     ids::TokenKey,
     refresh::{Refresher, fetch, reload_stored},
-    watch::TokenWatch,
 };
 
 pub struct Vendor {
@@ -85,13 +84,6 @@ impl Vendor {
         &self.inner.clock
     }
 
-    /// A watch on `key` (`WatchToken`): its current token, then each replacement, each
-    /// valid for at least `min_ttl` (None: the server default). While it lives the key
-    /// counts as in use for refresh-ahead.
-    pub fn watch(self: &Arc<Self>, key: TokenKey, min_ttl: Option<Duration>) -> TokenWatch {
-        TokenWatch::new(self.clone(), key, self.min_ttl(min_ttl))
-    }
-
     /// A token for `key` valid for at least `min_ttl` (None: the server default), waiting at
     /// most `wait` (capped by `max_wait`).
     pub async fn get_token(
@@ -126,7 +118,8 @@ impl Vendor {
         unreachable!("the loop returns on its second pass")
     }
 
-    fn min_ttl(&self, asked: Option<Duration>) -> Duration {
+    /// The `min_ttl` a request asking for `asked` gets (the default, never below the floor).
+    pub fn min_ttl(&self, asked: Option<Duration>) -> Duration {
         asked
             .filter(|d| !d.is_zero())
             .unwrap_or(self.inner.config.default_min_ttl)

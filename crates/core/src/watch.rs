@@ -1,6 +1,6 @@
 //! Push: `WatchToken` hands a key's token to its watchers whenever it is replaced.
 //!
-//! The cache tells [`Watched`] about every change of a watched key (a new token stored by
+//! The cache tells `watched::Watched` about every change of a watched key (a new token stored by
 //! this replica, one reloaded from the shared store after another replica's refresh, a
 //! token dropped by an invalidation or a connection change). A [`TokenWatch`] wakes on
 //! that, asks the vendor for the key's token as `GetToken` would, and yields it if it is
@@ -10,117 +10,12 @@
 
 use std::{sync::Arc, time::Duration};
 
-use dashmap::DashMap;
 use secrecy::ExposeSecret;
 use time::OffsetDateTime;
-use tokio::sync::watch;
 
 use crate::{
-    cache::CachedToken,
-    error::{Error, Result},
-    ids::{ConnectionKey, TokenKey},
-    vend::Vendor,
+    cache::CachedToken, error::Result, ids::TokenKey, vend::Vendor, watched::Subscription,
 };
-
-type Hasher = foldhash::fast::RandomState;
-type Keys = Arc<DashMap<TokenKey, watch::Sender<()>, Hasher>>;
-
-/// The keys someone watches, each with a change signal. An entry lives only while a
-/// [`Subscription`] to it does, so the map costs what is watched now.
-#[derive(Default)]
-pub struct Watched {
-    keys: Keys,
-}
-
-impl Watched {
-    pub fn subscribe(&self, key: &TokenKey) -> Subscription {
-        let rx = self
-            .keys
-            .entry(key.clone())
-            .or_insert_with(|| watch::channel(()).0)
-            .subscribe();
-        Subscription {
-            rx: Some(rx),
-            key: key.clone(),
-            keys: self.keys.clone(),
-        }
-    }
-
-    /// Whether anyone watches `key` (refresh-ahead renews a watched token even unused).
-    pub fn contains(&self, key: &TokenKey) -> bool {
-        !self.keys.is_empty() && self.keys.contains_key(key)
-    }
-
-    /// The key's token changed or went away.
-    pub fn changed(&self, key: &TokenKey) {
-        if self.keys.is_empty() {
-            return;
-        }
-        if let Some(tx) = self.keys.get(key) {
-            tx.send_replace(());
-        }
-    }
-
-    pub fn connection_changed(&self, conn: &ConnectionKey) {
-        for entry in self.keys.iter() {
-            let k = entry.key();
-            if k.tenant == conn.tenant && k.provider == conn.provider {
-                entry.value().send_replace(());
-            }
-        }
-    }
-
-    pub fn all_changed(&self) {
-        for entry in self.keys.iter() {
-            entry.value().send_replace(());
-        }
-    }
-
-    /// Keys watched.
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
-}
-
-/// One watcher's interest in a key; dropping the last one removes the key's entry.
-pub struct Subscription {
-    rx: Option<watch::Receiver<()>>,
-    key: TokenKey,
-    keys: Keys,
-}
-
-impl Subscription {
-    fn rx(&mut self) -> &mut watch::Receiver<()> {
-        self.rx.as_mut().expect("present until drop")
-    }
-
-    /// Takes note of the changes so far: only a later one wakes [`Subscription::changed`].
-    pub fn mark_seen(&mut self) {
-        self.rx().borrow_and_update();
-    }
-
-    /// Waits for a change after the last [`Subscription::mark_seen`].
-    pub async fn changed(&mut self) {
-        if self.rx().changed().await.is_err() {
-            // The sender lives in the map while this subscription does.
-            std::future::pending::<()>().await;
-        }
-    }
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        drop(self.rx.take());
-        // Under the shard lock: a concurrent `subscribe` either subscribed before (the
-        // count is not 0, the entry stays) or comes after and makes a new entry.
-        self.keys
-            .remove_if(&self.key, |_, tx| tx.receiver_count() == 0);
-    }
-}
 
 /// The longest a watcher waits before asking again after a transient failure.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -138,12 +33,15 @@ pub struct TokenWatch {
 }
 
 impl TokenWatch {
-    pub(crate) fn new(vendor: Arc<Vendor>, key: TokenKey, min_ttl: Duration) -> Self {
+    /// A watch on `key`: its current token, then each replacement, each valid for at least
+    /// `min_ttl` (None: the server default). While it lives the key counts as in use for
+    /// refresh-ahead.
+    pub fn new(vendor: &Arc<Vendor>, key: TokenKey, min_ttl: Option<Duration>) -> Self {
         let subscription = vendor.cache().watched().subscribe(&key);
         Self {
-            vendor,
+            vendor: vendor.clone(),
             key,
-            min_ttl,
+            min_ttl: vendor.min_ttl(min_ttl),
             subscription,
             last: None,
             backoff: Duration::ZERO,
@@ -254,17 +152,68 @@ fn same(a: &Arc<CachedToken>, b: &Arc<CachedToken>) -> bool {
             && a.access_token.expose_secret() == b.access_token.expose_secret())
 }
 
-impl Error {
-    /// Whether asking again later may succeed: the provider or the store was unavailable,
-    /// or a wait or limit ran out. A watch outlives these while its token is valid.
-    pub fn is_transient(&self) -> bool {
-        match self.root() {
-            Error::Provider(p) => p.is_transient(),
-            Error::Store(crate::store::StoreError::Database(_))
-            | Error::DeadlineExceeded(_)
-            | Error::RateLimited { .. }
-            | Error::Aborted(_) => true,
-            _ => false,
-        }
+#[cfg(test)]
+mod tests {
+    use std::{sync::Arc, time::Duration};
+
+    use futures::FutureExt;
+    use secrecy::{ExposeSecret, SecretString};
+    use time::macros::datetime;
+
+    use super::TokenWatch;
+    use crate::{
+        cache::CachedToken,
+        clock::{Clock, ManualClock},
+        ids::{ProviderId, Subject, TenantId, TokenKey},
+        testing::warm_vendor,
+    };
+
+    fn token(name: &str, clock: &ManualClock) -> Arc<CachedToken> {
+        Arc::new(CachedToken::new(
+            SecretString::from(name.to_owned()),
+            Some(clock.now() + time::Duration::seconds(1000)),
+            vec![],
+            Some(Duration::from_secs(1000)),
+            true,
+            Some(clock.now() + time::Duration::seconds(800)),
+        ))
+    }
+
+    /// The current token at once, then the one that replaces it in the cache — without a
+    /// store call (the store here panics on use) — and the key counts as watched only
+    /// while the watch lives.
+    #[tokio::test]
+    async fn a_watch_yields_the_current_token_then_its_replacement() {
+        let key = TokenKey {
+            tenant: TenantId::parse("acme").unwrap(),
+            provider: ProviderId::parse("p").unwrap(),
+            subject: Subject::client(),
+        };
+        let clock = ManualClock::new(datetime!(2026-01-01 0:00 UTC));
+        let vendor = Arc::new(warm_vendor(
+            &key,
+            token("t1", &clock),
+            Arc::new(clock.clone()),
+        ));
+        let mut watch = TokenWatch::new(&vendor, key.clone(), Some(Duration::from_secs(60)));
+        assert!(vendor.cache().watched().contains(&key));
+        let first = watch.next().now_or_never().expect("ready").unwrap();
+        assert_eq!(first.access_token.expose_secret(), "t1");
+        // Nothing new: the watch waits.
+        let mut next = Box::pin(watch.next());
+        assert!((&mut next).now_or_never().is_none());
+        let cache = vendor.cache();
+        assert!(cache.insert_if_current(
+            key.clone(),
+            token("t2", &clock),
+            cache.epoch(&key.connection())
+        ));
+        let second = next.await.unwrap();
+        assert_eq!(second.access_token.expose_secret(), "t2");
+        drop(watch);
+        assert!(
+            !vendor.cache().watched().contains(&key),
+            "forgotten with its last watcher"
+        );
     }
 }

@@ -10,6 +10,7 @@ use tokenvend_core::{
     cache::CachedToken,
     ids::{ProviderId, Subject, TenantId, TokenKey},
     vend::Vendor,
+    watch::TokenWatch,
 };
 use tokenvend_proto::v1::{
     GetTokenRequest, GetTokenResponse, InvalidateTokenRequest, InvalidateTokenResponse,
@@ -128,7 +129,7 @@ impl TokenApi {
         {
             self.within_limit(&caller)?;
         }
-        let mut watch = self.vendor.watch(key, min_ttl);
+        let mut watch = TokenWatch::new(&self.vendor, key, min_ttl);
         // The first token decides the call's status, as it would for GetToken.
         let first = watch.next().await.map_err(status)?;
         Ok(Watcher {
