@@ -316,7 +316,7 @@ async fn metrics_count_hits_misses_joins_and_provider_errors_and_name_no_tenant(
     );
     // The documented families, with their types, and nothing else.
     let documented = documented();
-    assert_eq!(documented.len(), 7, "{documented:?}");
+    assert_eq!(documented.len(), 9, "{documented:?}");
     assert_eq!(
         m.types, documented,
         "the exposition's families vs the README's"

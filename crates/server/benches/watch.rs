@@ -11,7 +11,9 @@
 #[path = "../../../tests/it/support.rs"]
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use serde_json::json;
 use support::{ADMIN_KEY, Server, setup_connection};
