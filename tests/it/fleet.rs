@@ -46,6 +46,9 @@ async fn three_replicas_one_provider_request_for_a_cold_key() {
         assert_eq!(r.expect("GetToken")["access_token"], "fleet-token");
     }
     assert_eq!(provider.received_requests().await.unwrap().len(), 1);
+    // See stampede.rs: a fresh cooperative budget before the MockServer's blocking drop.
+    tokio::task::yield_now().await;
+    drop(provider);
 }
 
 async fn authorized(c: &Client, mock: &MockServer, subject: &str) {
