@@ -171,6 +171,23 @@ async fn caller_key(admin: &Client, name: &str) -> (String, String) {
     )
 }
 
+/// A stream for `key` on `addr`, once the key and its permission have reached that replica
+/// (through the change feed, from the replica where they were made: until then it refuses,
+/// as GetToken would).
+async fn opened(addr: &str, key: &str) -> Streaming<GetTokenResponse> {
+    let mut opened = None;
+    wait_until(
+        Duration::from_secs(10),
+        "the key and grant reach the replica",
+        async || {
+            opened = watch(addr, key, 60).await.ok();
+            opened.is_some()
+        },
+    )
+    .await;
+    opened.unwrap()
+}
+
 /// Streams follow the caller's access: a removed permission ends them with
 /// PERMISSION_DENIED, a revoked key with UNAUTHENTICATED — on the replica where the change
 /// was made and on the other one. Watching needs the same permission as GetToken.
@@ -181,7 +198,7 @@ async fn revoking_a_key_or_a_permission_ends_its_streams() {
 
     let mut streams = Vec::new();
     for s in &servers {
-        let mut stream = watch(&s.grpc, &key, 60).await.expect("WatchToken");
+        let mut stream = opened(&s.grpc, &key).await;
         assert_eq!(next(&mut stream).await.unwrap().access_token, "tok-1");
         streams.push(stream);
     }
@@ -210,21 +227,7 @@ async fn revoking_a_key_or_a_permission_ends_its_streams() {
         .unwrap();
     let mut streams = Vec::new();
     for s in &servers {
-        let mut stream = {
-            // The grant reaches the other replica through the change feed: until then it
-            // refuses, as GetToken would.
-            let mut opened = None;
-            wait_until(
-                Duration::from_secs(10),
-                "the grant reaches the replica",
-                async || {
-                    opened = watch(&s.grpc, &key, 60).await.ok();
-                    opened.is_some()
-                },
-            )
-            .await;
-            opened.unwrap()
-        };
+        let mut stream = opened(&s.grpc, &key).await;
         assert_eq!(next(&mut stream).await.unwrap().access_token, "tok-1");
         streams.push(stream);
     }
@@ -271,6 +274,17 @@ async fn an_outage_keeps_the_stream_a_deleted_connection_ends_it() {
     )
     .await;
     assert_eq!(asked.get(), 1);
+    // One line an operator can act on.
+    wait_until(
+        Duration::from_secs(10),
+        "the renewal failure is logged",
+        async || {
+            servers[0]
+                .output()
+                .contains("a watched token could not be renewed")
+        },
+    )
+    .await;
     // …and the stream is still open: the next event is the deletion's NOT_FOUND.
     admin
         .call(

@@ -77,13 +77,22 @@ impl TokenWatch {
                 }
                 Err(e) if e.is_transient() && self.last_is_valid(clock.now()) => {
                     self.backoff = (self.backoff * 2).clamp(FIRST_BACKOFF, MAX_BACKOFF);
-                    tracing::warn!(
-                        tenant = %self.key.tenant,
-                        provider = %self.key.provider,
-                        error = %e,
-                        retry_in = ?self.backoff,
-                        "a watched token could not be renewed; its watchers keep the current one while it lasts"
-                    );
+                    // Every watcher of the key sees the same failure: one line per key
+                    // per half minute, the rest at debug.
+                    if self
+                        .subscription
+                        .should_log(clock.now().unix_timestamp(), 30)
+                    {
+                        tracing::warn!(
+                            tenant = %self.key.tenant,
+                            provider = %self.key.provider,
+                            error = %e,
+                            class = e.class(),
+                            "a watched token could not be renewed; its watchers keep the current one while it lasts and retry"
+                        );
+                    } else {
+                        tracing::debug!(tenant = %self.key.tenant, provider = %self.key.provider, class = e.class(), retry_in = ?self.backoff, "watched token not renewed");
+                    }
                     clock.now() + self.backoff
                 }
                 Err(e) => return Err(e),
