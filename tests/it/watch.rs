@@ -324,3 +324,99 @@ async fn shutdown_ends_streams_with_unavailable() {
     let mut other = watch(&servers[1].grpc, ADMIN_KEY, 60).await.unwrap();
     assert_eq!(next(&mut other).await.unwrap().access_token, "tok-1");
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// 10 000 streams on one replica: each costs a bounded few KiB (the stream holds one token,
+/// not a queue), and one replacement reaches all of them, fetched once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_streams_with_bounded_memory() {
+    const STREAMS: usize = 10_000;
+    const PER_CONNECTION: usize = 100;
+    let (mock, asked) = numbered_provider(|n| {
+        answer(json!({"access_token": format!("tok-{n}"), "expires_in": 3600}))
+    })
+    .await;
+    let server = Server::with_env(vec![
+        no_invalidate_limit(),
+        ("TOKENVEND_LOG", "info".into()),
+    ])
+    .await;
+    let admin = server.client().await;
+    setup_connection(
+        &admin,
+        "acme",
+        "p",
+        &token_url(&mock),
+        "s3cret-many",
+        json!({}),
+    )
+    .await;
+    let pid = server.proc.pid();
+
+    let mut channels = Vec::new();
+    let mut streams = Vec::with_capacity(STREAMS);
+    // The first connection and stream before measuring: the token, the caches, the pools.
+    let mut first = watch(&server.grpc, ADMIN_KEY, 60).await.unwrap();
+    assert_eq!(next(&mut first).await.unwrap().access_token, "tok-1");
+    let before = rss_kib(pid);
+    for i in 0..STREAMS {
+        if i % PER_CONNECTION == 0 {
+            channels.push(
+                Channel::from_shared(server.grpc.clone())
+                    .unwrap()
+                    .connect()
+                    .await
+                    .unwrap(),
+            );
+        }
+        let mut req = tonic::Request::new(GetTokenRequest {
+            tenant: "acme".into(),
+            provider: "p".into(),
+            min_ttl_seconds: Some(60),
+            subject: String::new(),
+        });
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {ADMIN_KEY}").parse().unwrap(),
+        );
+        let mut s = TokenServiceClient::new(channels.last().unwrap().clone())
+            .watch_token(req)
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(next(&mut s).await.unwrap().access_token, "tok-1");
+        streams.push(s);
+    }
+    let open = rss_kib(pid);
+    let per_stream = (open.saturating_sub(before)) as f64 / STREAMS as f64;
+    eprintln!("{STREAMS} streams: {before} KiB -> {open} KiB, {per_stream:.1} KiB each");
+    assert!(
+        per_stream < 16.0,
+        "{per_stream:.1} KiB per open stream ({before} KiB -> {open} KiB)"
+    );
+
+    admin
+        .call(
+            "TokenService/InvalidateToken",
+            json!({"tenant": "acme", "provider": "p", "access_token": "tok-1"}),
+        )
+        .await
+        .unwrap();
+    for s in &mut streams {
+        assert_eq!(next(s).await.unwrap().access_token, "tok-2");
+    }
+    assert_eq!(asked.get(), 2, "one fetch for 10 000 watchers");
+    let after = rss_kib(pid);
+    assert!(
+        after.saturating_sub(before) as f64 / (STREAMS as f64) < 16.0,
+        "after the push: {before} KiB -> {after} KiB"
+    );
+}
