@@ -451,6 +451,32 @@ mod tests {
         assert_eq!(vendor.cache().scheduled(), 0);
     }
 
+    /// A watched token is in use for refresh-ahead even if no GetToken touched it: it is
+    /// renewed at its due time, not parked.
+    #[tokio::test]
+    async fn a_watched_token_is_renewed_even_unused() {
+        let k = key("p");
+        let clock = ManualClock::new(datetime!(2026-01-01 0:00 UTC));
+        let token = Arc::new(CachedToken::new(
+            SecretString::from("t"),
+            Some(clock.now() + time::Duration::seconds(1000)),
+            vec![],
+            Some(std::time::Duration::from_secs(1000)),
+            true,
+            Some(clock.now() + time::Duration::seconds(800)),
+        ));
+        let vendor = Arc::new(warm_vendor(&k, token, Arc::new(clock.clone())));
+        let watching = vendor.cache().watched().subscribe(&k);
+        clock.advance(time::Duration::seconds(850));
+        let started = vendor.refresh_due(8);
+        // The renewal itself would reach the store (which panics here): not awaited.
+        for h in &started {
+            h.abort();
+        }
+        assert_eq!(started.len(), 1, "renewed, not parked");
+        drop(watching);
+    }
+
     #[test]
     fn a_hit_answers_without_awaiting_or_touching_the_store() {
         let key = TokenKey {
