@@ -75,7 +75,7 @@ impl Watcher {
         }
         let open = Open(self.metrics.clone());
         let access = self.deps.authorizer.changes();
-        Box::pin(futures::stream::unfold(
+        guarded(futures::stream::unfold(
             Some((self, access, open)),
             |state| async move {
                 let (mut this, mut access, open) = state?;
@@ -147,5 +147,55 @@ impl Watcher {
             &self.provider,
             &self.subject,
         )
+    }
+}
+
+/// A panic while a stream is polled happens outside the call's future, where the panic layer
+/// cannot see it: here it ends that one stream with the panic layer's `INTERNAL`, not the
+/// HTTP/2 stream with a reset.
+fn guarded<S>(stream: S) -> WatchStream
+where
+    S: Stream<Item = Result<GetTokenResponse, Status>> + Send + 'static,
+{
+    use futures::StreamExt;
+    Box::pin(
+        std::panic::AssertUnwindSafe(stream)
+            .catch_unwind()
+            .scan(false, |ended, item| {
+                if *ended {
+                    return std::future::ready(None);
+                }
+                std::future::ready(Some(match item {
+                    Ok(message) => message,
+                    Err(_) => {
+                        *ended = true;
+                        tracing::error!("a WatchToken stream panicked; it ends with INTERNAL");
+                        Err(Status::internal(crate::panic::GRPC_MESSAGE))
+                    }
+                }))
+            }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_stream_ends_with_internal() {
+        let items = futures::stream::iter(0..3).map(|i| {
+            if i == 1 {
+                panic!("a bug in the watch path");
+            }
+            Ok(GetTokenResponse::default())
+        });
+        let got: Vec<_> = guarded(items).collect().await;
+        assert_eq!(got.len(), 2, "the first message, then the end");
+        assert!(got[0].is_ok());
+        let end = got[1].as_ref().unwrap_err();
+        assert_eq!(end.code(), tonic::Code::Internal);
+        assert_eq!(end.message(), crate::panic::GRPC_MESSAGE);
     }
 }
