@@ -117,6 +117,7 @@ async fn a_renewed_token_reaches_watchers_on_every_replica_before_their_min_ttl(
         2,
         "one provider request for the renewal, fleet-wide"
     );
+    no_secret_in_output(&servers);
 }
 
 /// A caller reporting the token dead on one replica: every watcher on both gets the
@@ -144,6 +145,17 @@ async fn an_invalidation_reaches_every_watcher() {
         assert_eq!(next(s).await.unwrap().access_token, "tok-2");
     }
     assert_eq!(asked.get(), 2, "the replacement fetched once");
+    no_secret_in_output(&servers);
+}
+
+/// Neither the client secret nor a token in anything the replicas printed (debug level).
+fn no_secret_in_output(servers: &[Server]) {
+    for s in servers {
+        let out = s.output();
+        for secret in ["s3cret-watch", "tok-1", "tok-2"] {
+            assert!(!out.contains(secret), "{secret} in the output:\n{out}");
+        }
+    }
 }
 
 async fn caller_key(admin: &Client, name: &str) -> (String, String) {
