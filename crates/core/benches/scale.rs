@@ -102,3 +102,20 @@ fn tick_10k_due(b: Bencher, n: usize) {
         assert_eq!(taken, 10_000);
     });
 }
+
+/// A connection change (PutConnection, a completed authorization — on every replica) beside
+/// `n` cached tokens of other connections: the connection's tokens are dropped by key, not
+/// by scanning the cache. The dropped token is put back before each run, outside the timing.
+#[divan::bench(args = SIZES)]
+fn retire_connection(b: Bencher, n: usize) {
+    let cache = idle_cache(n);
+    let k = key(n + 20_000);
+    b.with_inputs(|| {
+        cache.insert_if_current(
+            k.clone(),
+            token(T0 + time::Duration::hours(1)),
+            cache.epoch(&k.connection()),
+        );
+    })
+    .bench_local_values(|()| cache.retire_connection(black_box(&k.connection())));
+}

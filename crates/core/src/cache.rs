@@ -20,7 +20,7 @@ use secrecy::SecretString;
 use time::OffsetDateTime;
 
 use crate::{
-    ids::{ConnectionKey, TokenKey},
+    ids::{ConnectionKey, Subject, TokenKey},
     schedule::Schedule,
     watched::Watched,
 };
@@ -160,6 +160,12 @@ pub struct TokenCache {
     all: std::sync::RwLock<u64>,
     /// Keys with `WatchToken` streams, told about every change of their token.
     watched: Watched,
+    /// The end users (subjects) each connection has had tokens cached for, so a retirement
+    /// drops exactly the connection's keys instead of scanning the whole cache (it comes
+    /// with every connection change and every completed authorization, on every replica).
+    /// Client-credentials tokens need no entry: their key is the connection's with subject
+    /// `""`. Written under the connection's stripe, like the tokens.
+    subjects: DashMap<ConnectionKey, foldhash::HashSet<Subject>, Hasher>,
 }
 
 impl Default for TokenCache {
@@ -171,6 +177,7 @@ impl Default for TokenCache {
             schedule: Schedule::default(),
             all: std::sync::RwLock::new(0),
             watched: Watched::default(),
+            subjects: DashMap::default(),
         }
     }
 }
@@ -215,6 +222,12 @@ impl TokenCache {
         if let Some(at) = token.refresh_at {
             self.schedule.add(at, key.clone(), &token);
         }
+        if !key.subject.is_client() {
+            self.subjects
+                .entry(conn)
+                .or_default()
+                .insert(key.subject.clone());
+        }
         self.tokens.insert(key.clone(), token);
         drop(stripe);
         drop(all);
@@ -231,8 +244,18 @@ impl TokenCache {
     pub fn retire_connection(&self, conn: &ConnectionKey) {
         let stripe = self.stripe(conn).write().unwrap_or_else(|p| p.into_inner());
         *self.epochs.entry(conn.clone()).or_insert(0) += 1;
-        self.tokens
-            .retain(|k, _| !(k.tenant == conn.tenant && k.provider == conn.provider));
+        let mut key = TokenKey {
+            tenant: conn.tenant.clone(),
+            provider: conn.provider.clone(),
+            subject: Subject::client(),
+        };
+        self.tokens.remove(&key);
+        if let Some((_, subjects)) = self.subjects.remove(conn) {
+            for subject in subjects {
+                key.subject = subject;
+                self.tokens.remove(&key);
+            }
+        }
         drop(stripe);
         self.watched.connection_changed(conn);
     }
@@ -270,6 +293,7 @@ impl TokenCache {
         let mut all = self.all.write().unwrap_or_else(|p| p.into_inner());
         *all += 1;
         self.tokens.clear();
+        self.subjects.clear();
         drop(all);
         self.watched.all_changed();
     }
@@ -378,6 +402,42 @@ mod tests {
         assert!(!cache.insert_if_current(a.clone(), token(exp), ea));
         assert!(cache.get(&a).is_none());
         assert!(cache.insert_if_current(a.clone(), token(exp), cache.epoch(&a.connection())));
+    }
+
+    /// A retirement drops the connection's client-credentials token and every end user's,
+    /// and nothing of another connection — found through the subject index, not a scan.
+    #[test]
+    fn retire_drops_every_subject_of_the_connection_and_nothing_else() {
+        let cache = TokenCache::new();
+        let exp = datetime!(2030-01-01 0:00 UTC);
+        let user = |p: &str, s: &str| TokenKey {
+            subject: Subject::parse(s).unwrap(),
+            ..key(p)
+        };
+        let keys = [
+            key("a"),
+            user("a", "u1"),
+            user("a", "u2"),
+            key("b"),
+            user("b", "u1"),
+        ];
+        for k in &keys {
+            assert!(cache.insert_if_current(k.clone(), token(exp), cache.epoch(&k.connection())));
+        }
+        // A user token dropped on its own (reported dead) leaves a stale index entry: harmless.
+        cache.remove(&user("a", "u2"));
+        cache.retire_connection(&key("a").connection());
+        for k in &keys[..3] {
+            assert!(cache.get(k).is_none(), "{k:?} kept");
+        }
+        for k in &keys[3..] {
+            assert!(cache.get(k).is_some(), "{k:?} dropped");
+        }
+        assert_eq!(cache.len(), 2);
+        assert!(cache.subjects.get(&key("a").connection()).is_none());
+        assert_eq!(cache.subjects.get(&key("b").connection()).unwrap().len(), 1);
+        cache.retire_all();
+        assert!(cache.subjects.is_empty());
     }
 
     /// The refresher's tick takes what is due and nothing else: a hundred thousand idle
