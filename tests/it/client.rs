@@ -6,37 +6,14 @@ use std::time::Duration;
 use serde_json::json;
 use tokenvend_client::{Config, TokenSource};
 
-use crate::support::*;
-
-/// Two replicas on PostgreSQL serving acme/p from a provider answering tok-1, tok-2, …
-async fn fleet() -> (Vec<Server>, Asked) {
-    let (mock, asked) = numbered_provider(|n| {
-        answer(json!({"access_token": format!("tok-{n}"), "expires_in": 3600}))
-    })
-    .await;
-    let url = tokenvend_testkit::postgres::PgCluster::shared().fresh_database();
-    let servers = Server::replicas(2, &url, vec![no_invalidate_limit()]).await;
-    let admin = servers[0].client().await;
-    setup_connection(
-        &admin,
-        "acme",
-        "p",
-        &token_url(&mock),
-        "s3cret-client",
-        json!({}),
-    )
-    .await;
-    // The mock must outlive the test's use of it.
-    std::mem::forget(mock);
-    (servers, asked)
-}
+use crate::{support::*, watch::fleet};
 
 /// The first replica is killed (`kill -9`) under a client watching through it: `token()`
 /// keeps answering the valid token from memory, the stream resumes on the second replica,
 /// and a replacement made there reaches the client.
 #[tokio::test]
 async fn a_killed_replica_costs_the_client_nothing() {
-    let (mut servers, asked) = fleet().await;
+    let (mut servers, _admin, _mock, asked) = fleet(3600, vec![no_invalidate_limit()]).await;
     let source = TokenSource::new(Config {
         endpoints: vec![servers[0].grpc.clone(), servers[1].grpc.clone()],
         api_key: Some(ADMIN_KEY.into()),
@@ -76,7 +53,7 @@ async fn a_killed_replica_costs_the_client_nothing() {
 /// `token()` is the replacement, and the replacement was fetched once.
 #[tokio::test]
 async fn invalidate_gets_a_new_token() {
-    let (servers, asked) = fleet().await;
+    let (servers, _admin, _mock, asked) = fleet(3600, vec![no_invalidate_limit()]).await;
     let source = TokenSource::new(Config {
         endpoints: vec![servers[1].grpc.clone()],
         api_key: Some(ADMIN_KEY.into()),
@@ -102,7 +79,7 @@ async fn invalidate_gets_a_new_token() {
 /// Refusals come back typed: an unknown key is UNAUTHENTICATED, not a hang.
 #[tokio::test]
 async fn a_refused_key_is_an_error_not_a_token() {
-    let (servers, _asked) = fleet().await;
+    let (servers, _admin, _mock, _asked) = fleet(3600, vec![]).await;
     let source = TokenSource::new(Config {
         endpoints: vec![servers[0].grpc.clone()],
         api_key: Some("tvk_unknown_key".into()),

@@ -10,18 +10,29 @@ use tonic::{Code, Status, Streaming, transport::Channel};
 
 use crate::support::*;
 
-/// A WatchToken stream on `addr` for acme/p, as `key`.
+async fn connect(addr: &str) -> Channel {
+    Channel::from_shared(addr.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect")
+}
+
+/// A WatchToken stream on a new connection to `addr` for acme/p, as `key`.
 pub async fn watch(
     addr: &str,
     key: &str,
     min_ttl: i64,
 ) -> Result<Streaming<GetTokenResponse>, Status> {
-    let channel = Channel::from_shared(addr.to_owned())
-        .unwrap()
-        .connect()
-        .await
-        .expect("connect");
-    let mut client = TokenServiceClient::new(channel);
+    watch_over(connect(addr).await, key, min_ttl).await
+}
+
+/// A WatchToken stream on `channel` (an HTTP/2 connection carries many) for acme/p.
+async fn watch_over(
+    channel: Channel,
+    key: &str,
+    min_ttl: i64,
+) -> Result<Streaming<GetTokenResponse>, Status> {
     let mut req = tonic::Request::new(GetTokenRequest {
         tenant: "acme".into(),
         provider: "p".into(),
@@ -30,7 +41,10 @@ pub async fn watch(
     });
     req.metadata_mut()
         .insert("authorization", format!("Bearer {key}").parse().unwrap());
-    client.watch_token(req).await.map(|r| r.into_inner())
+    TokenServiceClient::new(channel)
+        .watch_token(req)
+        .await
+        .map(|r| r.into_inner())
 }
 
 /// The stream's next message, or the status that ended it (OK if it just ended).
@@ -49,7 +63,7 @@ fn expiry(t: &GetTokenResponse) -> time::OffsetDateTime {
 
 /// Two replicas on PostgreSQL, tenant acme with connection p to a provider answering
 /// `tok-1`, `tok-2`, … each living `lifetime` seconds; its request count.
-async fn fleet(
+pub async fn fleet(
     lifetime: u64,
     env: Vec<(&'static str, String)>,
 ) -> (Vec<Server>, Client, MockServer, Asked) {
@@ -337,15 +351,6 @@ async fn shutdown_ends_streams_with_unavailable() {
     assert_eq!(next(&mut other).await.unwrap().access_token, "tok-1");
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// 10 000 streams on one replica: each costs a bounded few KiB (the stream holds one token,
 /// not a queue), and one replacement reaches all of them, fetched once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -381,29 +386,11 @@ async fn ten_thousand_streams_with_bounded_memory() {
     let before = rss_kib(pid);
     for i in 0..STREAMS {
         if i % PER_CONNECTION == 0 {
-            channels.push(
-                Channel::from_shared(server.grpc.clone())
-                    .unwrap()
-                    .connect()
-                    .await
-                    .unwrap(),
-            );
+            channels.push(connect(&server.grpc).await);
         }
-        let mut req = tonic::Request::new(GetTokenRequest {
-            tenant: "acme".into(),
-            provider: "p".into(),
-            min_ttl_seconds: Some(60),
-            subject: String::new(),
-        });
-        req.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {ADMIN_KEY}").parse().unwrap(),
-        );
-        let mut s = TokenServiceClient::new(channels.last().unwrap().clone())
-            .watch_token(req)
+        let mut s = watch_over(channels.last().unwrap().clone(), ADMIN_KEY, 60)
             .await
-            .unwrap()
-            .into_inner();
+            .unwrap();
         assert_eq!(next(&mut s).await.unwrap().access_token, "tok-1");
         streams.push(s);
     }

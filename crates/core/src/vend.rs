@@ -415,21 +415,29 @@ mod tests {
         assert_eq!(recent.last(&key("new0")), Some(t1));
     }
 
-    /// A token that comes due unused is parked, not renewed and not looked at again each
-    /// tick; the next hit puts it back on the schedule, due at once.
-    #[tokio::test]
-    async fn an_idle_token_is_parked_at_its_due_time_and_a_hit_brings_it_back() {
-        let k = key("p");
-        let clock = ManualClock::new(datetime!(2026-01-01 0:00 UTC));
-        let token = Arc::new(CachedToken::new(
+    /// A token living 1000 s from now, due for renewal at 800 s.
+    fn due_at_800s(clock: &ManualClock) -> Arc<CachedToken> {
+        Arc::new(CachedToken::new(
             SecretString::from("t"),
             Some(clock.now() + time::Duration::seconds(1000)),
             vec![],
             Some(std::time::Duration::from_secs(1000)),
             true,
             Some(clock.now() + time::Duration::seconds(800)),
+        ))
+    }
+
+    /// A token that comes due unused is parked, not renewed and not looked at again each
+    /// tick; the next hit puts it back on the schedule, due at once.
+    #[tokio::test]
+    async fn an_idle_token_is_parked_at_its_due_time_and_a_hit_brings_it_back() {
+        let k = key("p");
+        let clock = ManualClock::new(datetime!(2026-01-01 0:00 UTC));
+        let vendor = Arc::new(warm_vendor(
+            &k,
+            due_at_800s(&clock),
+            Arc::new(clock.clone()),
         ));
-        let vendor = Arc::new(warm_vendor(&k, token, Arc::new(clock.clone())));
         assert_eq!(vendor.cache().scheduled(), 1);
         assert!(vendor.refresh_due(8).is_empty(), "not due yet");
         assert_eq!(vendor.cache().scheduled(), 1);
@@ -457,15 +465,11 @@ mod tests {
     async fn a_watched_token_is_renewed_even_unused() {
         let k = key("p");
         let clock = ManualClock::new(datetime!(2026-01-01 0:00 UTC));
-        let token = Arc::new(CachedToken::new(
-            SecretString::from("t"),
-            Some(clock.now() + time::Duration::seconds(1000)),
-            vec![],
-            Some(std::time::Duration::from_secs(1000)),
-            true,
-            Some(clock.now() + time::Duration::seconds(800)),
+        let vendor = Arc::new(warm_vendor(
+            &k,
+            due_at_800s(&clock),
+            Arc::new(clock.clone()),
         ));
-        let vendor = Arc::new(warm_vendor(&k, token, Arc::new(clock.clone())));
         let watching = vendor.cache().watched().subscribe(&k);
         clock.advance(time::Duration::seconds(850));
         let started = vendor.refresh_due(8);

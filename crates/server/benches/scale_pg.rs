@@ -16,7 +16,7 @@ mod support;
 use std::{process::Command, time::Duration};
 
 use serde_json::json;
-use support::{ADMIN_KEY, Opts, Server, health, setup_connection};
+use support::{ADMIN_KEY, Opts, Server, health, rss_kib, setup_connection};
 use tokenvend_proto::v1::{GetTokenRequest, token_service_client::TokenServiceClient};
 use tokenvend_testkit::postgres::PgCluster;
 use tokio::time::Instant;
@@ -28,15 +28,6 @@ fn sizes() -> Vec<usize> {
         .ok()
         .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![1_000, 1_000_000])
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap()
 }
 
 fn psql(url: &str, sql: &str) -> String {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use serde_json::json;
-use support::{ADMIN_KEY, Server, setup_connection};
+use support::{ADMIN_KEY, Server, rss_kib, setup_connection};
 use tokenvend_proto::v1::{
     GetTokenRequest, GetTokenResponse, token_service_client::TokenServiceClient,
 };
@@ -61,15 +61,6 @@ async fn open(c: &Channel, min_ttl: i64) -> Streaming<GetTokenResponse> {
         .into_inner();
     s.message().await.unwrap().expect("the current token");
     s
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap()
 }
 
 /// User + system CPU of the process, in seconds.
